@@ -1,0 +1,105 @@
+"""Child processes of the local stack: start, wait until they listen, stop without orphans."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("paygate.procs")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class ChildProcess:
+    """One long-running child, its output sent to a log file under the data dir."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    user: str | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> ChildProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        try:
+            # start_new_session: Ctrl-C in the terminal reaches only `paygate up`, which then
+            # stops the children in order instead of them dying in a race.
+            self.popen = subprocess.Popen(
+                list(self.argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                user=self.user,
+                start_new_session=True,
+            )
+        finally:
+            out.close()
+        log.info("started %s pid=%s", self.name, self.popen.pid)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_listening(self, host: str, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early; see {self.log_path}:\n{self.tail()}")
+            if port_open(host, port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on {host}:{port} in {timeout}s; see {self.log_path}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing", self.name, grace)
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(5)
+        log.info("stopped %s", self.name)
+
+    def kill(self) -> None:
+        """Hard kill, as a crash would (used by failure tests)."""
+        self.stop(signal.SIGKILL, grace=5.0)

@@ -1,0 +1,22 @@
+"""`python -m gateway`: serve the API with uvicorn (a Ray driver joining the cluster)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from cluster.config import load_config
+from cluster.logs import setup_logging
+from gateway.app import create_app
+
+
+def main() -> None:
+    config = load_config()
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging("gateway", config.log_level, str(config.log_dir / "gateway.log"))
+    ssl = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} if config.tls_cert else {}
+    uvicorn.run(create_app(config), host=config.http_host, port=config.http_port, log_config=None,
+                access_log=False, server_header=False, **ssl)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

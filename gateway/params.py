@@ -1,0 +1,86 @@
+"""Request parameters: Stripe's form encoding with bracket notation (`metadata[order]=1`,
+`expand[]=x`, `items[0][price]=p`) or a JSON body, both turned into one nested dict."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+from gateway.errors import InvalidRequest
+
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_MAX_DEPTH = 5
+
+Params = dict[str, Any]
+
+
+def parse_form(body: str) -> Params:
+    result: Params = {}
+    for raw_key, value in parse_qsl(body, keep_blank_values=True, strict_parsing=False):
+        _assign(result, raw_key, value)
+    return _lists_from_indexes(result)
+
+
+def parse_json(body: bytes) -> Params:
+    try:
+        value = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("Invalid JSON received in the request body.", code="parameter_invalid_json") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("The JSON request body must be an object.", code="parameter_invalid_json")
+    return value
+
+
+def parse_body(content_type: str, body: bytes) -> Params:
+    if not body:
+        return {}
+    if content_type.startswith("application/json"):
+        return parse_json(body)
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8.") from None
+    return parse_form(text)
+
+
+def _assign(target: Params, raw_key: str, value: str) -> None:
+    match = _KEY.match(raw_key)
+    if not match:
+        raise InvalidRequest(f"Invalid parameter name: {raw_key[:60]!r}", param=raw_key[:60])
+    path = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))]
+    if len(path) > _MAX_DEPTH:
+        raise InvalidRequest("Parameters are nested too deeply.", param=raw_key[:60])
+    node = target
+    for index, part in enumerate(path[:-1]):
+        nxt = path[index + 1]
+        child = node.get(part)
+        if child is None:
+            child = [] if nxt == "" else {}
+            node[part] = child
+        if isinstance(child, list):
+            if nxt != "" or index + 1 != len(path) - 1:
+                raise InvalidRequest(f"Invalid array parameter: {raw_key[:60]}", param=path[0])
+            child.append(value)
+            return
+        if not isinstance(child, dict):
+            raise InvalidRequest(f"Parameter {path[0]} was given as both a value and a hash.", param=path[0])
+        node = child
+    last = path[-1]
+    if isinstance(node.get(last), dict):
+        raise InvalidRequest(f"Parameter {path[0]} was given as both a value and a hash.", param=path[0])
+    node[last] = value
+
+
+def _lists_from_indexes(value: Any, key: str = "") -> Any:
+    """`items[0][x]` arrives as a dict keyed "0", "1"...; Stripe treats that as a list
+    (but never metadata, whose keys are the merchant's own strings)."""
+    if isinstance(value, dict):
+        converted = {k: _lists_from_indexes(v, k) for k, v in value.items()}
+        if key != "metadata" and converted and all(k.isdigit() for k in converted):
+            return [converted[k] for k in sorted(converted, key=int)]
+        return converted
+    if isinstance(value, list):
+        return [_lists_from_indexes(v) for v in value]
+    return value

@@ -1,0 +1,33 @@
+"""The gateway side of rate limiting: spend locally leased tokens, lease more from the shared
+RateLimiter actor when they run out. A process holds at most one small lease per merchant, so the
+limit stays consistent across gateway processes to within one lease each."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.errors import RateLimited
+
+
+class RateLimitClient:
+    def __init__(self, limiter: Any, rate_per_s: float) -> None:
+        self.limiter = limiter
+        # About 20 leases a second at the configured rate: few Ray calls, little slack.
+        self.lease_size = max(1, min(64, int(rate_per_s / 20)))
+        self.tokens: dict[str, int] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def check(self, merchant_id: str) -> None:
+        """Spend one token for `merchant_id` or raise a Stripe-shaped 429."""
+        if self.tokens.get(merchant_id, 0) > 0:
+            self.tokens[merchant_id] -= 1
+            return
+        lock = self.locks.setdefault(merchant_id, asyncio.Lock())
+        async with lock:
+            if self.tokens.get(merchant_id, 0) == 0:
+                lease = await self.limiter.acquire.remote(merchant_id, self.lease_size)
+                if lease.granted == 0:
+                    raise RateLimited(lease.retry_after_s)
+                self.tokens[merchant_id] = lease.granted
+            self.tokens[merchant_id] -= 1

@@ -1,0 +1,22 @@
+"""What every request handler can reach: configuration, the ledger pool, actor handles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from cluster.config import Config
+from gateway.auth import MerchantAuthenticator
+from gateway.ratelimit import RateLimitClient
+
+
+@dataclass
+class GatewayState:
+    config: Config
+    pool: asyncpg.Pool
+    auth: MerchantAuthenticator
+    rate: RateLimitClient
+    admin_key: str
+    actors: dict[str, Any] = field(default_factory=dict)
