@@ -3,7 +3,6 @@ function that creates them as named, detached actors in the paygate namespace.""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,15 @@ from cluster.config import Config
 log = logging.getLogger("paygate.actors")
 
 RATE_LIMITER = "rate-limiter"
+CARD_VAULT = "card-vault"
+
+
+def link_name(index: int) -> str:
+    return f"acquirer-link-{index}"
+
+
+def shard_name(index: int) -> str:
+    return f"payment-shard-{index}"
 
 
 @dataclass(frozen=True)
@@ -27,15 +35,27 @@ class ActorSpec:
 
 
 def system_actors(config: Config) -> list[ActorSpec]:
-    return [
-        ActorSpec(RATE_LIMITER, _rate_limiter(), lambda c: (c.rate_limit_per_s, c.rate_limit_burst)),
-    ]
-
-
-def _rate_limiter() -> Any:
+    """In start order: what an actor's start() looks up must come before it."""
+    from actors.acquirer.link import AcquirerLinkActor
+    from actors.payments.shard import PaymentShardActor
     from actors.ratelimit import RateLimiterActor
+    from actors.vault.actor import CardVaultActor
 
-    return RateLimiterActor
+    links = [link_name(i) for i in range(config.acquirer_links)]
+    # A payment in `processing` longer than this has lost its caller: two bank timeouts
+    # (the call and its reversal) plus a margin.
+    stale_after_s = config.acquirer_timeout_s * 2 + 5
+    return [
+        ActorSpec(RATE_LIMITER, RateLimiterActor, lambda c: (c.rate_limit_per_s, c.rate_limit_burst)),
+        ActorSpec(CARD_VAULT, CardVaultActor,
+                  lambda c: (c.vault_dsn, str(c.kek_path), str(c.fingerprint_key_path)), needs_start=True),
+        *[ActorSpec(name, AcquirerLinkActor,
+                    lambda c: (c.acquirer.host, c.acquirer.port, c.acquirer_connections, c.acquirer_timeout_s,
+                               CARD_VAULT, c.ray_namespace), needs_start=True) for name in links],
+        *[ActorSpec(shard_name(i), PaymentShardActor,
+                    lambda c, i=i: (i, c.shards, c.ledger_dsn, CARD_VAULT, links, c.ray_namespace, stale_after_s),
+                    needs_start=True) for i in range(config.shards)],
+    ]
 
 
 def get_actor(name: str, config: Config) -> Any:
@@ -55,7 +75,8 @@ async def ensure_actors(config: Config) -> dict[str, Any]:
             max_restarts=-1,
             max_task_retries=0,
         ).remote(*spec.args(config))
-    starts = [handles[s.name].start.remote() for s in system_actors(config) if s.needs_start]
-    await asyncio.gather(*starts)
+    for spec in system_actors(config):
+        if spec.needs_start:
+            await handles[spec.name].start.remote()
     log.info("actors ready: %s", ", ".join(handles))
     return handles

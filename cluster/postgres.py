@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import pwd
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path

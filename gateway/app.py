@@ -6,18 +6,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 import ray
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from actors.registry import RATE_LIMITER, system_actors
+from actors.registry import CARD_VAULT, RATE_LIMITER, shard_name, system_actors
 from cluster.config import Config
+from cluster.db import create_pool
 from cluster.secrets import read_admin_key
 from gateway.auth import MerchantAuthenticator
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, error_response
 from gateway.middleware import RequestIdMiddleware
 from gateway.openapi import openapi_document
 from gateway.ratelimit import RateLimitClient
@@ -36,13 +36,13 @@ def _connect_ray(config: Config) -> None:
 async def _not_found(request: Request, exc: Exception) -> Response:
     error = InvalidRequest(f"Unrecognized request URL ({request.method}: {request.url.path}).",
                            status=404)
-    return error.response()
+    return error_response(error)
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     error = InvalidRequest(f"Unrecognized request URL ({request.method}: {request.url.path}).",
                            status=405)
-    return error.response()
+    return error_response(error)
 
 
 def create_app(config: Config) -> Starlette:
@@ -53,13 +53,14 @@ def create_app(config: Config) -> Starlette:
         if not config.ledger_dsn:
             raise RuntimeError("PAYGATE_LEDGER_DSN is not set")
         _connect_ray(config)
-        pool = await asyncpg.create_pool(config.ledger_dsn, min_size=2, max_size=20)
+        pool = await create_pool(config.ledger_dsn, min_size=2, max_size=20)
         actors = {spec.name: ray.get_actor(spec.name, namespace=config.ray_namespace)
                   for spec in system_actors(config)}
         app.state.gw = GatewayState(
             config=config, pool=pool, auth=MerchantAuthenticator(pool),
             rate=RateLimitClient(actors[RATE_LIMITER], config.rate_limit_per_s),
             admin_key=read_admin_key(config), actors=actors,
+            shards=[actors[shard_name(i)] for i in range(config.shards)], vault=actors[CARD_VAULT],
         )
         log.info("gateway ready on %s", config.base_url)
         try:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import check_admin_key
-from gateway.errors import PayloadTooLarge, StripeError
+from gateway.errors import PayloadTooLarge, StripeError, error_response
 from gateway.params import Params, parse_body, parse_form
 from gateway.state import GatewayState
 
@@ -64,7 +64,7 @@ def merchant_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Respons
             await state.rate.check(merchant_id)
             return await handler(Call(request, state, merchant_id, await _params(request, state)))
         except StripeError as error:
-            return error.response(_request_id(request))
+            return error_response(error, _request_id(request))
 
     return endpoint
 
@@ -77,6 +77,6 @@ def admin_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]
             check_admin_key(request, state.admin_key)
             return await handler(Call(request, state, "", await _params(request, state)))
         except StripeError as error:
-            return error.response(_request_id(request))
+            return error_response(error, _request_id(request))
 
     return endpoint

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.ids import new_id
 from cluster.logs import request_id_var
-from gateway.errors import ApiError
+from gateway.errors import ApiError, error_response
 
 log = logging.getLogger("paygate.gateway")
 
@@ -47,7 +47,7 @@ class RequestIdMiddleware:
             if not response_started:
                 error = ApiError("An unexpected error occurred; it has been logged. Retry with the same "
                                  "Idempotency-Key to get the definitive result.")
-                await error.response(request_id)(scope, receive, send_with_id)
+                await error_response(error, request_id)(scope, receive, send_with_id)
         finally:
             if status >= 500 or log.isEnabledFor(logging.DEBUG):
                 log.info("%s %s -> %s in %.1f ms", scope.get("method"), scope.get("path"), status,

@@ -20,3 +20,5 @@ class GatewayState:
     rate: RateLimitClient
     admin_key: str
     actors: dict[str, Any] = field(default_factory=dict)
+    shards: list[Any] = field(default_factory=list)
+    vault: Any = None

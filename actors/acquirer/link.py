@@ -1,0 +1,127 @@
+"""AcquirerLink: the actor that owns the connections to the bank.
+
+It is one of only two places a PAN exists in memory (the vault is the other): it asks the vault
+to detokenize right before an authorization and forgets the card when the call returns. What it
+returns is a `BankOutcome` with no card data in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import ray
+
+from actors.acquirer.adapter import AcquirerAdapter
+from actors.acquirer.iso_adapter import Iso8583Adapter
+from actors.acquirer.messages import (
+    AcquirerError,
+    AcquirerRequest,
+    AcquirerResponse,
+    AcquirerTimeout,
+    AcquirerUnavailable,
+    OriginalRef,
+    format_transmitted_at,
+)
+
+log = logging.getLogger("paygate.acquirer.link")
+
+OutcomeStatus = Literal["approved", "declined", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class BankOutcome:
+    """approved/declined: the bank answered. failed: nothing was charged (never sent, or sent and
+    reversed). unknown: the bank may have acted and we could not settle it; resolve from durable state."""
+
+    status: OutcomeStatus
+    response: AcquirerResponse | None
+    transmitted_at: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AuthorizeOrder:
+    payment_id: str
+    token: str
+    amount: int
+    currency: str
+    merchant_id: str
+    stan: str
+    rrn: str
+    reversal_stan: str
+
+
+class AcquirerLink:
+    def __init__(self, host: str, port: int, connections: int, timeout_s: float, vault_name: str,
+                 namespace: str, adapter: AcquirerAdapter | None = None) -> None:
+        self.adapter: AcquirerAdapter = adapter or Iso8583Adapter(host, port, connections, timeout_s)
+        self.vault_name = vault_name
+        self.namespace = namespace
+        self.vault: Any = None
+        self.started = False
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        await self.adapter.start()
+        self.vault = ray.get_actor(self.vault_name, namespace=self.namespace)
+        self.started = True
+
+    async def ping(self) -> str:
+        await self.start()
+        return "ok"
+
+    async def echo(self) -> str:
+        await self.start()
+        now = datetime.now(UTC)
+        stan = f"{now.microsecond % 1_000_000:06d}"
+        response = await self.adapter.handle(AcquirerRequest(
+            "echo", stan, f"E{stan}{now.second:02d}{now.minute:03d}"[:12], 0, "usd", "PAYGATE"))
+        if not response.approved:
+            raise RuntimeError(f"echo answered {response.response_code}")
+        return "ok"
+
+    async def authorize(self, order: AuthorizeOrder) -> BankOutcome:
+        """0100 for the card behind `order.token`; on a timeout, reverse it so nothing stays held."""
+        await self.start()
+        card = await self.vault.detokenize.remote(order.token, "acquirer-link", f"authorize {order.payment_id}")
+        sent_at = format_transmitted_at(datetime.now(UTC))
+        request = AcquirerRequest("authorize", order.stan, order.rrn, order.amount, order.currency,
+                                  order.merchant_id, card=card, transmitted_at=sent_at)
+        del card
+        try:
+            response = await self.adapter.handle(request)
+        except AcquirerUnavailable as error:
+            return BankOutcome("failed", None, sent_at, f"not sent: {error}")
+        except AcquirerTimeout:
+            original = OriginalRef(order.stan, order.rrn, None, sent_at)
+            reversal = AcquirerRequest("reversal", order.reversal_stan, order.rrn, order.amount, order.currency,
+                                       order.merchant_id, original=original)
+            settled = await self.send(reversal, retransmits=2)
+            if settled.status in ("approved", "declined"):
+                return BankOutcome("failed", settled.response, sent_at, "timed out; reversal sent")
+            return BankOutcome("unknown", None, sent_at, "timed out; reversal unconfirmed")
+        return BankOutcome("approved" if response.approved else "declined", response, sent_at)
+
+    async def send(self, request: AcquirerRequest, retransmits: int = 2) -> BankOutcome:
+        """A card-less message (capture, refund, reversal). A timeout is retried as a retransmission
+        (same STAN and RRN, so the bank acts at most once); still no answer is `unknown`."""
+        await self.start()
+        sent_at = request.transmitted_at or format_transmitted_at(datetime.now(UTC))
+        request = replace(request, transmitted_at=sent_at)
+        for attempt in range(retransmits + 1):
+            try:
+                response = await self.adapter.handle(request)
+                return BankOutcome("approved" if response.approved else "declined", response, sent_at)
+            except AcquirerUnavailable as error:
+                if attempt == retransmits:
+                    return BankOutcome("failed", None, sent_at, f"not sent: {error}")
+            except AcquirerError as error:
+                log.warning("acquirer %s rrn=%s attempt %d: %s", request.kind, request.rrn, attempt + 1, error)
+        return BankOutcome("unknown", None, sent_at, "no answer after retransmissions")
+
+
+AcquirerLinkActor = ray.remote(AcquirerLink)

@@ -1,0 +1,92 @@
+"""Idempotency records, claimed before an operation and finished in its last transaction.
+
+Follows Stripe's published design: the first response is stored with the business write; a retry
+with the same key and parameters gets it back byte-identical; the same key with other parameters
+is an error; the same key while the first attempt runs is a 409; an attempt whose owner died
+(lock older than `stale_after_s`) is resumed from its recovery point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from actors.payments.messages import Idempotency, Reply
+
+KEEP_HOURS = 24
+# Keys the gateway makes up when the merchant sent none: they exist only so that a crashed call
+# can be resumed, and are deleted as soon as the call finishes.
+INTERNAL_KEY_PREFIX = "gw:"
+
+ClaimKind = Literal["fresh", "resume", "replay", "in_progress", "mismatch"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: ClaimKind
+    recovery_point: str | None = None
+    reply: Reply | None = None
+
+
+async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_after_s: float) -> Claim:
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, locked_at) "
+            "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING RETURNING 1",
+            merchant_id, idem.key, idem.method, idem.path, idem.request_hash,
+        )
+        if inserted:
+            return Claim("fresh")
+        row = await conn.fetchrow(
+            "SELECT *, locked_at > now() - make_interval(secs => $3) AS fresh_lock, "
+            "created_at < now() - make_interval(hours => $4) AS expired "
+            "FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 FOR UPDATE",
+            merchant_id, idem.key, stale_after_s, KEEP_HOURS,
+        )
+        if row is None:  # deleted between the insert and the select: take it as new
+            return await claim(pool, merchant_id, idem, stale_after_s)
+        if row["expired"]:
+            await conn.execute(
+                "UPDATE idempotency_keys SET request_method = $3, request_path = $4, request_hash = $5, "
+                "recovery_point = NULL, locked_at = now(), response_code = NULL, response_body = NULL, "
+                "created_at = now() WHERE merchant_id = $1 AND key = $2",
+                merchant_id, idem.key, idem.method, idem.path, idem.request_hash,
+            )
+            return Claim("fresh")
+        if row["request_hash"] != idem.request_hash:
+            return Claim("mismatch")
+        if row["response_code"] is not None:
+            return Claim("replay", reply=Reply(row["response_code"], bytes(row["response_body"]), replayed=True))
+        if row["fresh_lock"]:
+            return Claim("in_progress")
+        await conn.execute("UPDATE idempotency_keys SET locked_at = now() WHERE merchant_id = $1 AND key = $2",
+                           merchant_id, idem.key)
+        return Claim("resume", recovery_point=row["recovery_point"])
+
+
+async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: Idempotency | None,
+                             object_id: str) -> None:
+    if idem:
+        await conn.execute("UPDATE idempotency_keys SET recovery_point = $3 WHERE merchant_id = $1 AND key = $2",
+                           merchant_id, idem.key, object_id)
+
+
+async def finish(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, idem: Idempotency | None,
+                 reply: Reply) -> None:
+    if idem and idem.key.startswith(INTERNAL_KEY_PREFIX):
+        await conn.execute("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2", merchant_id, idem.key)
+    elif idem:
+        await conn.execute(
+            "UPDATE idempotency_keys SET response_code = $3, response_body = $4, locked_at = NULL "
+            "WHERE merchant_id = $1 AND key = $2",
+            merchant_id, idem.key, reply.status, reply.body,
+        )
+
+
+async def purge_expired(pool: asyncpg.Pool) -> int:
+    result = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1) "
+        "AND response_code IS NOT NULL", KEEP_HOURS)
+    return int(result.split()[-1])

@@ -1,0 +1,67 @@
+"""Typed messages between the gateway and the payment shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Verb = Literal["create", "confirm", "capture", "cancel"]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    request_hash: str  # of method, path and the parsed parameters
+    method: str
+    path: str
+
+
+@dataclass(frozen=True)
+class PaymentCommand:
+    """One API call on a PaymentIntent, already validated at the edge."""
+
+    verb: Verb
+    merchant_id: str
+    payment_id: str | None = None  # None for create
+    amount: int | None = None
+    currency: str | None = None
+    payment_method: str | None = None
+    confirm: bool = False
+    capture_method: str = "automatic"
+    description: str | None = None
+    statement_descriptor: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    amount_to_capture: int | None = None
+    cancellation_reason: str | None = None
+    risk: dict[str, str] = field(default_factory=dict)
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the gateway sends back: status and the exact JSON bytes (stored for replays)."""
+
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    """A Stripe-shaped error decided inside an actor (the gateway renders it)."""
+
+    status: int
+    type: str
+    message: str
+    code: str | None = None
+    param: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.code:
+            error["code"] = self.code
+        if self.param:
+            error["param"] = self.param
+        error.update(self.extra)
+        return {"error": error}

@@ -1,0 +1,366 @@
+"""One operation per API verb: create, confirm, capture, cancel, plus `resolve` for payments left
+in `processing`. Each runs the same pipeline: validate, load or create, transition, call out, apply
+the result. Ledger writes go through `store`; the bank is reached only through the AcquirerLink."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from actors.acquirer.link import AuthorizeOrder, BankOutcome
+from actors.acquirer.messages import AcquirerRequest, OriginalRef
+from actors.errors import CardError, InvalidRequest, NotFound, StripeError
+from actors.ids import new_id
+from actors.payments import idempotency, store
+from actors.payments.messages import PaymentCommand, Reply
+from actors.payments.render import dumps, payment_intent_object
+from actors.payments.risk import RiskAssessor, RiskDecision
+
+log = logging.getLogger("paygate.payments")
+
+# Stripe's error `code` for a decline, by decline_code (the rest are `card_declined`).
+_ERROR_CODE = {"expired_card": "expired_card", "incorrect_cvc": "incorrect_cvc",
+               "processing_error": "processing_error", "incorrect_number": "incorrect_number"}
+_DECLINE_MESSAGE = {
+    "expired_card": "Your card has expired.",
+    "incorrect_cvc": "Your card's security code is incorrect.",
+    "processing_error": "An error occurred while processing your card. Try again in a little bit.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "fraudulent": "Your card was declined.",
+}
+
+
+@dataclass
+class Ports:
+    """What an operation may reach: the ledger, the vault (metadata only) and the bank link."""
+
+    pool: asyncpg.Pool
+    vault: Any
+    link: Any
+    risk: RiskAssessor
+
+
+def unexpected_state(row: asyncpg.Record, action: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"You cannot {action} this PaymentIntent because it has a status of {row['status']}.",
+        code="payment_intent_unexpected_state", param=None,
+        payment_intent=payment_intent_object(row),
+    )
+
+
+def ok(row: asyncpg.Record) -> Reply:
+    return Reply(200, dumps(payment_intent_object(row)))
+
+
+def failure(error: StripeError) -> Reply:
+    return Reply(error.status, error.body_bytes())
+
+
+class Operations:
+    def __init__(self, ports: Ports) -> None:
+        self.ports = ports
+
+    # ---- create / confirm ------------------------------------------------------------------
+    async def create(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
+        if recovery_point:
+            return await self._resume(cmd, recovery_point)
+        card = await self._payment_method(cmd) if cmd.payment_method else None
+        status = "requires_confirmation" if card else "requires_payment_method"
+        values = {
+            "merchant_id": cmd.merchant_id, "amount": cmd.amount, "currency": cmd.currency, "status": status,
+            "capture_method": cmd.capture_method, "payment_method": card["id"] if card else None,
+            "description": cmd.description, "statement_descriptor": cmd.statement_descriptor,
+            "metadata": cmd.metadata, "created": int(time.time()),
+        }
+        pool = self.ports.pool
+        async with pool.acquire() as conn, conn.transaction():
+            row = await store.insert(conn, values)
+            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
+            if cmd.confirm and card:
+                row = await self._begin_authorization(conn, row, card)
+            elif not cmd.confirm:
+                reply = ok(row)
+                await idempotency.finish(conn, cmd.merchant_id, cmd.idempotency, reply)
+                return reply
+        if not card:
+            raise InvalidRequest("You cannot confirm this PaymentIntent because it's missing a payment method.",
+                                 code="payment_intent_unexpected_state", param="payment_method")
+        return await self._authorize(cmd, row, card)
+
+    async def confirm(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
+        row = await self._load(cmd)
+        if row["status"] == "processing" and recovery_point:
+            return await self.resolve(row, cmd)
+        pm_id = cmd.payment_method or row["payment_method"]
+        if row["status"] not in ("requires_payment_method", "requires_confirmation"):
+            raise unexpected_state(row, "confirm")
+        if not pm_id:
+            raise InvalidRequest("You cannot confirm this PaymentIntent because it's missing a payment method.",
+                                 code="payment_intent_unexpected_state", param="payment_method")
+        card = await self._payment_method(cmd, pm_id)
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
+            row = await self._begin_authorization(conn, row, card)
+        return await self._authorize(cmd, row, card)
+
+    async def _begin_authorization(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                                   card: dict[str, Any]) -> asyncpg.Record:
+        """processing/authorizing with the STAN and RRN persisted first: the recovery point."""
+        stan, rrn = await store.next_bank_ids(conn)
+        return await store.transition(conn, row, "confirm", {
+            "payment_method": card["id"], "bank_phase": "authorizing", "auth_stan": stan, "auth_rrn": rrn,
+            "processing_since": _now(), "last_payment_error": None, "latest_charge": new_id("ch"),
+            "charge": {"card": _charge_card(card), "status": "pending", "created": int(time.time())},
+        }, events=["payment_intent.processing"])
+
+    async def _authorize(self, cmd: PaymentCommand, row: asyncpg.Record, card: dict[str, Any]) -> Reply:
+        decision = await self.ports.risk.assess(row, card, cmd.risk)
+        if decision.outcome == "blocked":
+            return await self._fail(cmd, row, "fraudulent", decision=decision)
+        reversal_stan, _ = await store.next_bank_ids(self.ports.pool)
+        order = AuthorizeOrder(row["id"], row["payment_method"], row["amount"], row["currency"],
+                               row["merchant_id"], row["auth_stan"], row["auth_rrn"], reversal_stan)
+        outcome: BankOutcome = await self.ports.link.authorize(order)
+        if outcome.status == "unknown":
+            # Neither answer nor confirmed reversal: the recovery sweep settles it from the bank.
+            return failure(_processing_error_unknown(row))
+        if outcome.status != "approved":
+            code = outcome.response.decline_code if outcome.status == "declined" and outcome.response else None
+            return await self._fail(cmd, row, code or "processing_error", outcome=outcome, decision=decision)
+        return await self._approved(cmd, row, outcome, decision)
+
+    async def _approved(self, cmd: PaymentCommand | None, row: asyncpg.Record, outcome: BankOutcome,
+                        decision: RiskDecision | None) -> Reply:
+        response = outcome.response
+        assert response is not None
+        charge = {**(row["charge"] if isinstance(row["charge"], dict) else _loads(row["charge"])),
+                  "status": "succeeded", "paid": True, "outcome": _outcome(decision)}
+        changes = {"auth_code": response.auth_code, "auth_transmitted_at": outcome.transmitted_at,
+                   "charge": charge}
+        merchant_id, idem = row["merchant_id"], cmd.idempotency if cmd else None
+        if row["capture_method"] == "manual":
+            async with self.ports.pool.acquire() as conn, conn.transaction():
+                row = await store.transition(conn, row, "bank_approved", {
+                    **changes, "bank_phase": None, "processing_since": None, "amount_capturable": row["amount"],
+                }, events=["payment_intent.amount_capturable_updated"], bank=response.raw)
+                reply = ok(row)
+                await idempotency.finish(conn, merchant_id, idem, reply)
+            return reply
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            stan, rrn = await store.next_bank_ids(conn)
+            row = await store.update(conn, row, {**changes, "bank_phase": "capturing", "pending_stan": stan,
+                                                 "pending_rrn": rrn, "pending_amount": row["amount"]})
+            await store.append_event(conn, row, "charge.authorized", "processing", response.raw)
+        return await self._capture_at_bank(cmd, row)
+
+    async def _fail(self, cmd: PaymentCommand | None, row: asyncpg.Record, decline_code: str,
+                    outcome: BankOutcome | None = None, decision: RiskDecision | None = None) -> Reply:
+        code = _ERROR_CODE.get(decline_code, "card_declined")
+        error = {"type": "card_error", "code": code, "decline_code": decline_code,
+                 "message": _DECLINE_MESSAGE.get(decline_code, "Your card was declined."),
+                 "charge": row["latest_charge"], "payment_method": {"id": row["payment_method"]}}
+        charge = {**_loads(row["charge"]), "status": "failed", "paid": False, "failure_code": code,
+                  "failure_message": error["message"], "outcome": _outcome(decision, declined=True)}
+        bank = outcome.response.raw if outcome and outcome.response else {"detail": outcome.detail if outcome else ""}
+        if decision and decision.outcome == "blocked":
+            bank = {"risk": decision.as_dict()}
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            row = await store.transition(conn, row, "bank_declined", {
+                "bank_phase": None, "processing_since": None, "last_payment_error": error, "charge": charge,
+            }, events=["payment_intent.payment_failed"], bank=bank)
+            card_error = CardError(error["message"], code=code, param=None, decline_code=decline_code,
+                                   charge=row["latest_charge"], payment_intent=payment_intent_object(row))
+            reply = failure(card_error)
+            if cmd:
+                await idempotency.finish(conn, row["merchant_id"], cmd.idempotency, reply)
+        return reply
+
+    # ---- capture ---------------------------------------------------------------------------
+    async def capture(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
+        row = await self._load(cmd)
+        if row["status"] == "processing" and recovery_point:
+            return await self.resolve(row, cmd)
+        if row["status"] != "requires_capture":
+            raise unexpected_state(row, "capture")
+        amount = row["amount_capturable"] if cmd.amount_to_capture is None else cmd.amount_to_capture
+        if amount > row["amount_capturable"]:
+            raise InvalidRequest(
+                f"The amount to capture ({amount}) is greater than the amount capturable "
+                f"({row['amount_capturable']}).", code="amount_too_large", param="amount_to_capture")
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            stan, rrn = await store.next_bank_ids(conn)
+            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
+            row = await store.transition(conn, row, "capture", {
+                "bank_phase": "capturing", "pending_stan": stan, "pending_rrn": rrn, "pending_amount": amount,
+                "processing_since": _now()})
+        return await self._capture_at_bank(cmd, row)
+
+    async def _capture_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record) -> Reply:
+        request = AcquirerRequest("capture", row["pending_stan"], row["pending_rrn"], row["pending_amount"],
+                                  row["currency"], row["merchant_id"], original=_original(row))
+        outcome: BankOutcome = await self.ports.link.send(request)
+        if outcome.status == "unknown":
+            return failure(_processing_error_unknown(row))
+        idem = cmd.idempotency if cmd else None
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            if outcome.status == "approved":
+                amount = row["pending_amount"]
+                row = await store.transition(conn, row, "captured", {
+                    "bank_phase": None, "processing_since": None, "amount_received": amount,
+                    "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None,
+                }, events=["payment_intent.succeeded", "charge.captured"], bank=_raw(outcome))
+                await store.write_ledger(conn, row, [("acquirer_receivable", amount), ("merchant_balance", -amount)],
+                                         "capture")
+                reply = ok(row)
+            else:
+                row = await store.transition(conn, row, "capture_failed", {
+                    "bank_phase": None, "processing_since": None, "pending_stan": None, "pending_rrn": None,
+                    "pending_amount": None}, bank=_raw(outcome))
+                reply = failure(InvalidRequest("The bank refused the capture; the authorization is unchanged.",
+                                               code="charge_not_capturable", payment_intent=payment_intent_object(row)))
+            await idempotency.finish(conn, row["merchant_id"], idem, reply)
+        return reply
+
+    # ---- cancel ----------------------------------------------------------------------------
+    async def cancel(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
+        row = await self._load(cmd)
+        if row["status"] == "processing" and recovery_point:
+            return await self.resolve(row, cmd)
+        if row["status"] in ("requires_payment_method", "requires_confirmation"):
+            async with self.ports.pool.acquire() as conn, conn.transaction():
+                row = await store.transition(conn, row, "cancel", {
+                    "canceled_at": int(time.time()), "cancellation_reason": cmd.cancellation_reason,
+                }, events=["payment_intent.canceled"])
+                reply = ok(row)
+                await idempotency.finish(conn, cmd.merchant_id, cmd.idempotency, reply)
+            return reply
+        if row["status"] != "requires_capture":
+            raise unexpected_state(row, "cancel")
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            stan, _ = await store.next_bank_ids(conn)
+            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
+            row = await store.transition(conn, row, "cancel", {
+                "bank_phase": "reversing", "pending_stan": stan, "pending_rrn": row["auth_rrn"],
+                "pending_amount": row["amount_capturable"], "processing_since": _now(),
+                "cancellation_reason": cmd.cancellation_reason})
+        return await self._reverse_at_bank(cmd, row)
+
+    async def _reverse_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record) -> Reply:
+        request = AcquirerRequest("reversal", row["pending_stan"], row["auth_rrn"], row["pending_amount"],
+                                  row["currency"], row["merchant_id"], original=_original(row))
+        outcome: BankOutcome = await self.ports.link.send(request)
+        if outcome.status in ("unknown", "failed"):
+            return failure(_processing_error_unknown(row))
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            row = await store.transition(conn, row, "canceled", {
+                "bank_phase": None, "processing_since": None, "amount_capturable": 0,
+                "canceled_at": int(time.time()), "pending_stan": None, "pending_rrn": None, "pending_amount": None,
+            }, events=["payment_intent.canceled"], bank=_raw(outcome))
+            reply = ok(row)
+            if cmd:
+                await idempotency.finish(conn, row["merchant_id"], cmd.idempotency, reply)
+        return reply
+
+    # ---- recovery --------------------------------------------------------------------------
+    async def resolve(self, row: asyncpg.Record, cmd: PaymentCommand | None = None) -> Reply:
+        """Settle a payment left in `processing` from the bank's word, never by guessing:
+        an authorization in doubt is reversed (the bank keeps nothing), a capture or a reversal
+        in doubt is retransmitted with the same RRN (the bank acts at most once)."""
+        phase = row["bank_phase"]
+        if phase == "capturing":
+            return await self._capture_at_bank(cmd, row)
+        if phase == "reversing":
+            return await self._reverse_at_bank(cmd, row)
+        stan, _ = await store.next_bank_ids(self.ports.pool)
+        request = AcquirerRequest("reversal", stan, row["auth_rrn"], row["amount"], row["currency"],
+                                  row["merchant_id"], original=_original(row))
+        outcome: BankOutcome = await self.ports.link.send(request)
+        if outcome.status == "unknown":
+            return failure(_processing_error_unknown(row))
+        return await self._fail(cmd, row, "processing_error", outcome=outcome)
+
+    async def _resume(self, cmd: PaymentCommand, payment_id: str) -> Reply:
+        row = await store.load(self.ports.pool, payment_id, cmd.merchant_id)
+        if row is None:
+            raise NotFound("payment_intent", payment_id)
+        if row["status"] == "processing":
+            return await self.resolve(row, cmd)
+        if cmd.confirm and row["status"] == "requires_confirmation":
+            return await self.confirm(cmd.__class__(**{**cmd.__dict__, "payment_id": payment_id}), None)
+        reply = ok(row) if not row["last_payment_error"] else _replay_decline(row)
+        await idempotency.finish(self.ports.pool, cmd.merchant_id, cmd.idempotency, reply)
+        return reply
+
+    # ---- helpers ---------------------------------------------------------------------------
+    async def _load(self, cmd: PaymentCommand) -> asyncpg.Record:
+        assert cmd.payment_id is not None
+        row = await store.load(self.ports.pool, cmd.payment_id, cmd.merchant_id)
+        if row is None:
+            raise NotFound("payment_intent", cmd.payment_id)
+        return row
+
+    async def _payment_method(self, cmd: PaymentCommand, pm_id: str | None = None) -> dict[str, Any]:
+        pm_id = pm_id or cmd.payment_method
+        assert pm_id is not None
+        card = await self.ports.vault.get.remote(cmd.merchant_id, pm_id)
+        if card is None:
+            raise InvalidRequest(f"No such PaymentMethod: '{pm_id}'", code="resource_missing",
+                                 param="payment_method")
+        return card
+
+
+def _now() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _loads(value: Any) -> dict[str, Any]:
+    import json
+
+    if value is None:
+        return {}
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def _charge_card(card: dict[str, Any]) -> dict[str, Any]:
+    details = card["card"]
+    return {k: details.get(k) for k in ("brand", "last4", "exp_month", "exp_year", "fingerprint", "funding",
+                                        "country")}
+
+
+def _outcome(decision: RiskDecision | None, declined: bool = False) -> dict[str, Any]:
+    base = decision.as_outcome() if decision else {"risk_level": "normal", "risk_score": 0, "rules": []}
+    if declined and not (decision and decision.outcome == "blocked"):
+        return {**base, "network_status": "declined_by_network", "type": "issuer_declined"}
+    if decision and decision.outcome == "blocked":
+        return {**base, "network_status": "not_sent_to_network", "type": "blocked"}
+    return {**base, "network_status": "approved_by_network",
+            "type": "manual_review" if decision and decision.outcome == "manual_review" else "authorized"}
+
+
+def _original(row: asyncpg.Record) -> OriginalRef:
+    return OriginalRef(row["auth_stan"], row["auth_rrn"], row["auth_code"], row["auth_transmitted_at"] or "")
+
+
+def _raw(outcome: BankOutcome) -> dict[str, Any]:
+    return dict(outcome.response.raw) if outcome.response else {"detail": outcome.detail}
+
+
+def _processing_error_unknown(row: asyncpg.Record) -> StripeError:
+    from actors.errors import ApiError
+
+    return ApiError("The bank did not answer in time; the payment is being resolved with the bank. "
+                    "Retrieve the PaymentIntent, or retry with the same Idempotency-Key, for the final status.",
+                    code="processing_error", payment_intent={"id": row["id"], "status": row["status"]})
+
+
+def _replay_decline(row: asyncpg.Record) -> Reply:
+    error = _loads(row["last_payment_error"])
+    return failure(CardError(error.get("message", "Your card was declined."), code=error.get("code"),
+                             decline_code=error.get("decline_code"), charge=row["latest_charge"],
+                             payment_intent=payment_intent_object(row)))

@@ -1,0 +1,161 @@
+"""The foundation against the real stack: readiness per part, auth, limits, OpenAPI, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import asyncpg
+import httpx
+import pytest
+
+from cluster.migrate import apply_migrations
+from cluster.stack import LocalStack, StackInfo
+from tests.conftest import Merchant
+
+
+def test_healthz(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response.headers["request-id"].startswith("req_")
+
+
+def test_readyz_reports_every_part(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/readyz", timeout=10)
+    assert response.status_code == 200, response.text
+    parts = response.json()["parts"]
+    assert set(parts) >= {"ledger_db", "vault_db", "kafka", "acquirer", "ray_actors"}
+    assert all(part["status"] == "ok" for part in parts.values()), parts
+
+
+def _wait_readyz(base_url: str, status: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{base_url}/readyz", timeout=10)
+        if response.status_code == status or time.monotonic() > deadline:
+            return {"status": response.status_code, **response.json()}
+        time.sleep(0.3)
+
+
+def test_readyz_names_a_dead_broker(live_stack: LocalStack, base_url: str) -> None:
+    assert live_stack.broker is not None
+    live_stack.broker.process.kill()  # type: ignore[union-attr]
+    try:
+        body = _wait_readyz(base_url, 503)
+        assert body["status"] == 503
+        assert body["parts"]["kafka"]["status"] == "down"
+        assert body["parts"]["ledger_db"]["status"] == "ok"
+    finally:
+        live_stack.start_broker_again()
+    assert _wait_readyz(base_url, 200)["status"] == 200
+
+
+def test_readyz_names_a_dead_ledger_db(live_stack: LocalStack, base_url: str) -> None:
+    assert live_stack.ledger is not None
+    live_stack.ledger.stop()
+    try:
+        body = _wait_readyz(base_url, 503)
+        assert body["status"] == 503
+        assert body["parts"]["ledger_db"]["status"] == "down"
+        assert body["parts"]["kafka"]["status"] == "ok"
+    finally:
+        live_stack.ledger.start()
+    assert _wait_readyz(base_url, 200)["status"] == 200
+
+
+def test_missing_and_wrong_keys_are_stripe_shaped_401(base_url: str) -> None:
+    missing = httpx.get(f"{base_url}/v1/payment_intents")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
+    wrong = httpx.get(f"{base_url}/v1/payment_intents", headers={"Authorization": "Bearer sk_test_nope123456789"})
+    assert wrong.status_code == 401
+    error = wrong.json()["error"]
+    assert error["type"] == "authentication_error"
+    assert error["code"] == "api_key_invalid"
+    assert "sk_test_nope123456789" not in wrong.text
+
+
+def test_basic_auth_with_key_as_user(base_url: str, merchant: Merchant) -> None:
+    token = base64.b64encode(f"{merchant.key}:".encode()).decode()
+    response = httpx.get(f"{base_url}/v1/payment_intents", headers={"Authorization": f"Basic {token}"})
+    assert response.status_code == 200, response.text
+
+
+def test_merchant_key_cannot_reach_admin_endpoints(base_url: str, merchant: Merchant) -> None:
+    response = httpx.post(f"{base_url}/v1/admin/merchants", data={"name": "x"},
+                          headers={"Authorization": f"Bearer {merchant.key}"})
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_rate_limit_answers_429_with_retry_after(base_url: str, admin: httpx.Client, merchant: Merchant) -> None:
+    set_limit = admin.post(f"/v1/admin/merchants/{merchant.id}/rate_limit", data={"rate": "2", "burst": "5"})
+    assert set_limit.status_code == 200, set_limit.text
+    with httpx.Client(base_url=base_url, auth=(merchant.key, "")) as client:
+        statuses = [client.get("/v1/payment_intents") for _ in range(20)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert 10 <= len(limited) <= 16, [r.status_code for r in statuses]
+    assert int(limited[0].headers["retry-after"]) >= 1
+    assert limited[0].json()["error"]["code"] == "rate_limit"
+
+
+def test_body_over_the_cap_is_413(api: httpx.Client) -> None:
+    response = api.post("/v1/payment_intents", content=b"a=" + b"x" * 2_000_000,
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_url_is_stripe_shaped_404(api: httpx.Client) -> None:
+    response = api.get("/v1/nothing_here")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_openapi_describes_every_route(base_url: str) -> None:
+    from cluster.config import load_config
+    from gateway.app import create_app
+
+    document = httpx.get(f"{base_url}/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    app = create_app(load_config({}))
+    for route in app.routes:
+        for method in route.methods - {"HEAD"}:  # type: ignore[attr-defined]
+            assert method.lower() in document["paths"].get(route.path, {}), f"{method} {route.path} undocumented"  # type: ignore[attr-defined]
+
+
+def test_migrations_are_idempotent_and_safe_concurrently(stack_info: StackInfo) -> None:
+    async def run() -> None:
+        results = await asyncio.gather(*[apply_migrations(stack_info.ledger_dsn, "ledger") for _ in range(4)])
+        assert all(applied == [] for applied in results)
+        conn = await asyncpg.connect(stack_info.ledger_dsn)
+        try:
+            versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+            assert [r["version"] for r in versions] == sorted({r["version"] for r in versions})
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def test_api_keys_are_stored_hashed(stack_info: StackInfo, merchant: Merchant) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(stack_info.ledger_dsn)
+        try:
+            rows = await conn.fetch("SELECT * FROM api_keys WHERE merchant_id = $1", merchant.id)
+        finally:
+            await conn.close()
+        assert rows
+        assert all(merchant.key not in str(dict(row)) for row in rows)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("name", ["PAYGATE_HTTP_PORT", "PAYGATE_LEDGER_DSN", "PAYGATE_ACQUIRER"])
+def test_bad_config_names_the_variable(name: str) -> None:
+    from cluster.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: "not a valid value"})
