@@ -107,6 +107,37 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Production mode: every part is external (DSNs, Kafka, acquirer, RAY_ADDRESS from the
+    environment). Migrate, make sure the actors exist in the cluster, then serve HTTP here."""
+    import logging
+
+    import ray
+
+    from actors.registry import ensure_actors
+    from cluster.broker import ensure_topics
+    from gateway.__main__ import main as serve_gateway
+
+    config = _config(args)
+    missing = [name for name, value in (("PAYGATE_LEDGER_DSN", config.ledger_dsn),
+                                        ("PAYGATE_VAULT_DSN", config.vault_dsn),
+                                        ("PAYGATE_KAFKA_BOOTSTRAP", config.kafka_bootstrap),
+                                        ("PAYGATE_ACQUIRER", config.acquirer)) if not value]
+    if missing:
+        raise ConfigError(f"`paygate serve` needs {', '.join(missing)} (use `paygate up` for the local stack)")
+    assert config.ledger_dsn and config.vault_dsn and config.kafka_bootstrap
+    setup_logging("paygate-serve", config.log_level)
+    asyncio.run(apply_migrations(config.ledger_dsn, "ledger"))
+    asyncio.run(apply_migrations(config.vault_dsn, "vault"))
+    asyncio.run(ensure_topics(config.kafka_bootstrap))
+    ray.init(address=config.ray_address or "auto", namespace=config.ray_namespace, log_to_driver=False,
+             logging_level=logging.WARNING,
+             runtime_env={"worker_process_setup_hook": "cluster.logs.setup_worker_logging"})
+    asyncio.run(ensure_actors(config))
+    serve_gateway()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paygate", description="paygate: a Stripe-compatible payment gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--data-dir")
     create.set_defaults(func=cmd_merchant_create)
+
+    serve = sub.add_parser("serve", help="production: join RAY_ADDRESS, create the actors, serve HTTP")
+    serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply ledger migrations")
     migrate.add_argument("--data-dir")

@@ -89,3 +89,10 @@ def setup_logging(process_name: str, level: str = "INFO", log_file: str | None =
         handler.setFormatter(JsonFormatter(process_name))
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def setup_worker_logging() -> None:
+    """Ray's `worker_process_setup_hook`: every actor process gets the same redacting JSON logs."""
+    import os
+
+    setup_logging(f"ray-worker-{os.getpid()}", os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))

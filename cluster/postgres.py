@@ -48,11 +48,12 @@ def _ensure_system_user() -> str | None:
 
 
 def _grant_traverse(path: Path) -> None:
-    """Let the postgres system user reach `path` (o+x on every parent)."""
+    """Let the postgres system user reach `path`: g+x and o+x on every parent (the child keeps
+    root's group 0, so the group bit decides for root-owned directories)."""
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
 
 
 @dataclass

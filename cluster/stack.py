@@ -152,17 +152,19 @@ class LocalStack:
         if self.config.ray_address:
             self._say(f"joining Ray at {self.config.ray_address}")
             ray.init(address=self.config.ray_address, namespace=self.config.ray_namespace,
-                     log_to_driver=False, logging_level=logging.WARNING)
+                     log_to_driver=False, logging_level=logging.WARNING, runtime_env=self._runtime_env())
         else:
             self._say("starting Ray (local)")
             ray.init(namespace=self.config.ray_namespace, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, num_cpus=max(2, os.cpu_count() or 2),
-                     runtime_env={"env_vars": self._actor_env()})
+                     runtime_env=self._runtime_env())
             self._ray_started_here = True
         return str(ray.get_runtime_context().gcs_address)
 
-    def _actor_env(self) -> dict[str, str]:
-        return {"PAYGATE_LOG_DIR": str(self.config.log_dir), "PAYGATE_LOG_LEVEL": self.config.log_level}
+    def _runtime_env(self) -> dict[str, object]:
+        # Every actor process installs the same redacting JSON logging as the other processes.
+        return {"env_vars": {"PAYGATE_LOG_LEVEL": self.config.log_level},
+                "worker_process_setup_hook": "cluster.logs.setup_worker_logging"}
 
     async def _test_merchant_key(self, ledger_dsn: str) -> str:
         """The local test merchant's key, kept (0600) in the data dir so each `paygate up` can print it."""

@@ -35,7 +35,7 @@ def _wait_readyz(base_url: str, status: int, timeout: float = 30) -> dict:
     while True:
         response = httpx.get(f"{base_url}/readyz", timeout=10)
         if response.status_code == status or time.monotonic() > deadline:
-            return {"status": response.status_code, **response.json()}
+            return {**response.json(), "http_status": response.status_code}
         time.sleep(0.3)
 
 
@@ -44,12 +44,12 @@ def test_readyz_names_a_dead_broker(live_stack: LocalStack, base_url: str) -> No
     live_stack.broker.process.kill()  # type: ignore[union-attr]
     try:
         body = _wait_readyz(base_url, 503)
-        assert body["status"] == 503
+        assert body["http_status"] == 503
         assert body["parts"]["kafka"]["status"] == "down"
         assert body["parts"]["ledger_db"]["status"] == "ok"
     finally:
         live_stack.start_broker_again()
-    assert _wait_readyz(base_url, 200)["status"] == 200
+    assert _wait_readyz(base_url, 200)["http_status"] == 200
 
 
 def test_readyz_names_a_dead_ledger_db(live_stack: LocalStack, base_url: str) -> None:
@@ -57,12 +57,12 @@ def test_readyz_names_a_dead_ledger_db(live_stack: LocalStack, base_url: str) ->
     live_stack.ledger.stop()
     try:
         body = _wait_readyz(base_url, 503)
-        assert body["status"] == 503
+        assert body["http_status"] == 503
         assert body["parts"]["ledger_db"]["status"] == "down"
         assert body["parts"]["kafka"]["status"] == "ok"
     finally:
         live_stack.ledger.start()
-    assert _wait_readyz(base_url, 200)["status"] == 200
+    assert _wait_readyz(base_url, 200)["http_status"] == 200
 
 
 def test_missing_and_wrong_keys_are_stripe_shaped_401(base_url: str) -> None:
