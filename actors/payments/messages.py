@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Verb = Literal["create", "confirm", "capture", "cancel"]
+Verb = Literal["create", "confirm", "capture", "cancel", "refund"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class PaymentCommand:
     metadata: dict[str, str] = field(default_factory=dict)
     amount_to_capture: int | None = None
     cancellation_reason: str | None = None
+    refund_reason: str | None = None
     risk: dict[str, str] = field(default_factory=dict)
     idempotency: Idempotency | None = None
 

@@ -25,6 +25,7 @@ from actors.payments import idempotency
 from actors.payments.idempotency import Claim
 from actors.payments.messages import PaymentCommand, Reply
 from actors.payments.operations import Operations, Ports, failure, unexpected_state
+from actors.payments.refunds import Refunds
 from actors.payments.risk import AllowAll
 from actors.payments.states import IllegalTransition
 from actors.payments.store import VersionConflict
@@ -49,6 +50,7 @@ class PaymentShard:
         self.stale_after_s = stale_after_s
         self.pool: asyncpg.Pool | None = None
         self.ops: Operations | None = None
+        self.refunds: Refunds | None = None
         self.locks: dict[str, asyncio.Lock] = {}
         self.lock_users: dict[str, int] = {}
         self.recovery_task: asyncio.Task[None] | None = None
@@ -61,7 +63,9 @@ class PaymentShard:
             self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=20)
             vault = ray.get_actor(self.vault_name, namespace=self.namespace)
             links = [ray.get_actor(name, namespace=self.namespace) for name in self.link_names]
-            self.ops = Operations(Ports(self.pool, vault, _LinkPool(links), AllowAll()))
+            ports = Ports(self.pool, vault, _LinkPool(links), AllowAll())
+            self.ops = Operations(ports)
+            self.refunds = Refunds(ports)
             self.recovery_task = asyncio.create_task(self._recover_forever())
 
     async def ping(self) -> str:
@@ -89,7 +93,7 @@ class PaymentShard:
 
     async def _run(self, cmd: PaymentCommand, claim: Claim) -> Reply:
         assert self.ops is not None and self.pool is not None
-        operation = getattr(self.ops, cmd.verb)
+        operation = self.refunds.refund if cmd.verb == "refund" else getattr(self.ops, cmd.verb)  # type: ignore[union-attr]
         try:
             return await operation(cmd, claim.recovery_point)
         except StripeError as error:
@@ -136,6 +140,23 @@ class PaymentShard:
                 if fresh and fresh["status"] == "processing":
                     reply = await self.ops.resolve(fresh)
                     log.warning("recovered %s from %s: %s", row["id"], row["bank_phase"], reply.status)
+                    settled += 1
+        return settled + await self._recover_refunds()
+
+    async def _recover_refunds(self) -> int:
+        assert self.pool is not None and self.refunds is not None
+        rows = await self.pool.fetch(
+            "SELECT * FROM refunds WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)",
+            self.stale_after_s)
+        settled = 0
+        for row in rows:
+            if shard_index(row["merchant_id"], self.shards) != self.index or row["payment_id"] in self.locks:
+                continue
+            async with self._payment_lock(row["payment_id"]):
+                fresh = await self.pool.fetchrow("SELECT * FROM refunds WHERE id = $1", row["id"])
+                if fresh and fresh["status"] == "pending":
+                    await self.refunds.resolve_pending(fresh)
+                    log.warning("recovered refund %s", row["id"])
                     settled += 1
         return settled
 
