@@ -26,6 +26,14 @@ def shard_name(index: int) -> str:
     return f"payment-shard-{index}"
 
 
+def relay_name(index: int) -> str:
+    return f"outbox-relay-{index}"
+
+
+def dispatcher_name(index: int) -> str:
+    return f"webhook-dispatcher-{index}"
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     name: str
@@ -37,6 +45,8 @@ class ActorSpec:
 def system_actors(config: Config) -> list[ActorSpec]:
     """In start order: what an actor's start() looks up must come before it."""
     from actors.acquirer.link import AcquirerLinkActor
+    from actors.events.dispatcher import RetryPolicy, WebhookDispatcherActor
+    from actors.events.relay import OutboxRelayActor
     from actors.payments.shard import PaymentShardActor
     from actors.ratelimit import RateLimiterActor
     from actors.vault.actor import CardVaultActor
@@ -55,6 +65,14 @@ def system_actors(config: Config) -> list[ActorSpec]:
         *[ActorSpec(shard_name(i), PaymentShardActor,
                     lambda c, i=i: (i, c.shards, c.ledger_dsn, CARD_VAULT, links, c.ray_namespace, stale_after_s),
                     needs_start=True) for i in range(config.shards)],
+        *[ActorSpec(relay_name(i), OutboxRelayActor,
+                    lambda c, i=i: (i, c.outbox_relays, c.ledger_dsn, c.kafka_bootstrap, c.outbox_republish_s),
+                    needs_start=True) for i in range(config.outbox_relays)],
+        *[ActorSpec(dispatcher_name(i), WebhookDispatcherActor,
+                    lambda c, i=i: (i, c.ledger_dsn, c.kafka_bootstrap,
+                                    RetryPolicy(backoff_s=c.webhook_backoff_s, window_s=c.webhook_window_s,
+                                                timeout_s=c.webhook_timeout_s)),
+                    needs_start=True) for i in range(config.webhook_dispatchers)],
     ]
 
 

@@ -52,6 +52,12 @@ class Config:
     acquirer_timeout_s: float = 10.0
     bank_latency_ms: int = 0
     log_level: str = "INFO"
+    outbox_relays: int = 1
+    outbox_republish_s: float = 30.0
+    webhook_dispatchers: int = 1
+    webhook_backoff_s: float = 60.0
+    webhook_window_s: float = 3 * 24 * 3600.0
+    webhook_timeout_s: float = 10.0
     # Ports used by the local stack for the parts it starts itself (0 = pick a free one).
     local_ports: Mapping[str, int] = field(default_factory=dict)
 
@@ -183,4 +189,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         acquirer_timeout_s=_float(env, "PAYGATE_ACQUIRER_TIMEOUT", 10.0, 0.05, 600),
         bank_latency_ms=_int(env, "PAYGATE_BANK_LATENCY_MS", 0, 0, 60_000),
         log_level=log_level,
+        outbox_relays=_int(env, "PAYGATE_OUTBOX_RELAYS", 1, 1, 64),
+        outbox_republish_s=_float(env, "PAYGATE_OUTBOX_REPUBLISH_S", 30.0, 0.5, 86400),
+        webhook_dispatchers=_int(env, "PAYGATE_WEBHOOK_DISPATCHERS", 1, 1, 64),
+        webhook_backoff_s=_float(env, "PAYGATE_WEBHOOK_BACKOFF_S", 60.0, 0.01, 86400),
+        webhook_window_s=_float(env, "PAYGATE_WEBHOOK_RETRY_WINDOW_S", 3 * 24 * 3600.0, 0.1, 30 * 86400),
+        webhook_timeout_s=_float(env, "PAYGATE_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 120),
     )

@@ -21,6 +21,7 @@ class ListQuery:
     table: str
     kind: str  # for "No such …" errors
     filters: Mapping[str, Any]  # column -> value, ANDed with the merchant
+    condition: str = ""  # a fixed SQL condition (no parameters), e.g. "deleted_at IS NULL"
 
 
 async def list_objects(pool: asyncpg.Pool, merchant_id: str, params: Params, query: ListQuery, url: str,
@@ -32,6 +33,8 @@ async def list_objects(pool: asyncpg.Pool, merchant_id: str, params: Params, que
         args.append(value)
         return f"${len(args)}"
 
+    if query.condition:
+        where.append(query.condition)
     for column, value in query.filters.items():
         where.append(f"{column} = {arg(value)}")
     created = params.get("created")

@@ -21,6 +21,10 @@ TEST_ENV = {
     "PAYGATE_ACQUIRER_TIMEOUT": "2",
     "PAYGATE_RATE_LIMIT": "5000",
     "PAYGATE_RATE_LIMIT_BURST": "5000",
+    # A compressed webhook retry schedule and quick re-publishing, so failure tests take seconds.
+    "PAYGATE_WEBHOOK_BACKOFF_S": "0.2",
+    "PAYGATE_WEBHOOK_TIMEOUT_S": "2",
+    "PAYGATE_OUTBOX_REPUBLISH_S": "3",
 }
 
 

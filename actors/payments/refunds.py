@@ -46,8 +46,8 @@ async def _outbox(conn: asyncpg.Connection, refund: asyncpg.Record, types: list[
         events.append(event_object("charge.refunded", charge_object(payment) or {}))
     await conn.executemany(
         "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) VALUES ($1,$2,$3,$4,$5,$6)",
-        [(e["id"], refund["merchant_id"], e["type"], e["data"]["object"].get("id") or refund["id"], e, e["created"])
-         for e in events])
+        # Keyed by the payment, like its own events: one payment's events stay in order end to end.
+        [(e["id"], refund["merchant_id"], e["type"], refund["payment_id"], e, e["created"]) for e in events])
 
 
 class Refunds:

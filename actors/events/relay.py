@@ -1,0 +1,116 @@
+"""OutboxRelay: publishes outbox rows to Kafka, in creation order per payment.
+
+Rows are claimed with `FOR UPDATE SKIP LOCKED` in batches, produced with `acks=all` keyed by the
+payment id (one payment's events share a partition, so consumers see them in order), and marked
+published in the same transaction that claimed them; a failed produce rolls the claim back and the
+batch is published again (receivers dedupe by event id).
+
+Several relays: relay i of n only takes rows with `hashtext(object_id) mod n = i`, so each
+payment's events always go through one relay, one batch after another — no duplicates between
+relays (SKIP LOCKED) and no reordering of a payment's events (one owner per payment).
+
+The outbox row, not the broker, is the durable record: until a dispatcher has recorded every
+delivery for an event (`dispatched_at`), the relay publishes it again every `republish_after_s`,
+so a broker that loses messages (the local broker keeps them in memory) loses no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import asyncpg
+import ray
+from aiokafka import AIOKafkaProducer
+
+from actors.lifecycle import autostart
+from cluster.broker import EVENTS_TOPIC
+from cluster.db import create_pool
+
+log = logging.getLogger("paygate.relay")
+
+IDLE_SLEEP_S = 0.02
+
+
+class OutboxRelay:
+    def __init__(self, index: int, relays: int, ledger_dsn: str, bootstrap: str, republish_after_s: float = 30.0,
+                 batch_size: int = 500) -> None:
+        self.index, self.relays = index, relays
+        self.ledger_dsn, self.bootstrap = ledger_dsn, bootstrap
+        self.republish_after_s, self.batch_size = republish_after_s, batch_size
+        self.pool: asyncpg.Pool | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.published = 0
+        self._loop: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+        autostart(self.start, "outbox relay")
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._loop is not None:
+                return
+            self.pool = await create_pool(self.ledger_dsn, min_size=1, max_size=3)
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def ping(self) -> str:
+        await self.start()
+        return "ok"
+
+    async def stats(self) -> dict[str, int]:
+        return {"published": self.published}
+
+    async def _producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
+                                        request_timeout_ms=5000, max_batch_size=1 << 20)
+            await producer.start()
+            self.producer = producer
+        return self.producer
+
+    async def _reset_producer(self) -> None:
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            try:
+                await asyncio.wait_for(producer.stop(), 5)
+            except Exception:  # a dead broker can make stop() fail too; the next start is fresh
+                log.debug("producer stop failed", exc_info=True)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                sent = await self.relay_once()
+                backoff = 0.1
+                if sent == 0:
+                    await asyncio.sleep(IDLE_SLEEP_S)
+            except Exception as error:
+                log.warning("outbox relay: %s; retrying in %.1fs", error, backoff)
+                await self._reset_producer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def relay_once(self) -> int:
+        """Publish one batch; return how many rows it held."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, object_id, payload FROM outbox_events "
+                "WHERE (published_at IS NULL OR (dispatched_at IS NULL "
+                "       AND published_at < now() - make_interval(secs => $1))) "
+                "  AND ($2 = 1 OR abs(hashtext(object_id)) % $2 = $3) "
+                "ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED",
+                self.republish_after_s, self.relays, self.index, self.batch_size)
+            if not rows:
+                return 0
+            producer = await self._producer()
+            futures = [await producer.send(EVENTS_TOPIC, value=json.dumps(row["payload"]).encode(),
+                                           key=row["object_id"].encode()) for row in rows]
+            await asyncio.wait_for(asyncio.gather(*futures), 10)
+            await conn.execute(
+                "UPDATE outbox_events SET published_at = now(), publish_count = publish_count + 1 "
+                "WHERE id = ANY($1::text[])", [row["id"] for row in rows])
+        self.published += len(rows)
+        return len(rows)
+
+OutboxRelayActor = ray.remote(OutboxRelay)
