@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,9 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int] | None = None, ti
         missing = [NewTopic(name, num_partitions=n, replication_factor=1)
                    for name, n in wanted.items() if name not in existing]
         if missing:
-            try:
+            # Another process may create one between list and create: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create
     finally:
         await admin.close()
 

@@ -69,7 +69,8 @@ async def _apply(conn: asyncpg.Connection, migrations: list[Migration]) -> list[
                    checksum text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        done = {r["version"]: r["checksum"] for r in rows}
         for migration in migrations:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:

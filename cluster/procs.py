@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -93,10 +94,8 @@ class ChildProcess:
             self.popen.wait(grace)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0fs; killing", self.name, grace)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(5)
         log.info("stopped %s", self.name)
 

@@ -209,7 +209,7 @@ class LocalStack:
     def _wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         last = ""
-        verify = False if self.resolved.tls_cert else True
+        verify = not self.resolved.tls_cert  # a local self-signed certificate
         while time.monotonic() < deadline:
             if self.gateway and not self.gateway.alive():
                 raise RuntimeError(f"gateway exited; see {self.gateway.log_path}:\n{self.gateway.tail()}")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from dataclasses import replace
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from starlette.responses import Response
 
+from actors.batching import Batcher
 from actors.errors import ApiError, IdempotencyInProgress, InvalidRequest
 from actors.payments.idempotency import INTERNAL_KEY_PREFIX
 from actors.payments.messages import Idempotency, PaymentCommand, Reply
@@ -38,9 +39,14 @@ def idempotency_for(call: Call) -> Idempotency:
     return Idempotency(key, request_hash(call.request.method, path, call.params), call.request.method, path)
 
 
-def shard_for(call: Call) -> Any:
-    shards = call.state.shards
-    return shards[shard_index(call.merchant_id, len(shards))]
+def shard_batcher(call: Call) -> Batcher[PaymentCommand, Reply]:
+    """The merchant's shard, behind a micro-batcher: one Ray call carries many commands."""
+    batchers = call.state.shard_batchers
+    index = shard_index(call.merchant_id, len(call.state.shards))
+    if index not in batchers:
+        shard = call.state.shards[index]
+        batchers[index] = Batcher(lambda commands: shard.execute_many.remote(commands))
+    return batchers[index]
 
 
 async def execute(call: Call, cmd: PaymentCommand) -> Response:
@@ -56,10 +62,12 @@ async def _execute(call: Call, cmd: PaymentCommand) -> Reply:
     died = False
     while True:
         try:
-            reply: Reply = await shard_for(call).execute.remote(cmd)
+            reply: Reply = await shard_batcher(call).call(cmd)
         except _RETRYABLE as error:
             log.warning("shard call for %s failed (%s); answering from durable state", cmd.verb, type(error).__name__)
             died = True
+            assert cmd.idempotency is not None
+            cmd = replace(cmd, idempotency=replace(cmd.idempotency, retry=True))
             reply = Reply(409, IdempotencyInProgress().body_bytes())
         # After a crash our own earlier attempt holds the record until it goes stale: wait it out.
         if not (died and reply.status == 409) or time.monotonic() > deadline:

@@ -21,4 +21,5 @@ class GatewayState:
     admin_key: str
     actors: dict[str, Any] = field(default_factory=dict)
     shards: list[Any] = field(default_factory=list)
+    shard_batchers: dict[int, Any] = field(default_factory=dict)
     vault: Any = None

@@ -25,6 +25,7 @@ from actors.acquirer.messages import (
     OriginalRef,
     format_transmitted_at,
 )
+from actors.batching import Batcher, gather_outcomes
 
 log = logging.getLogger("paygate.acquirer.link")
 
@@ -60,14 +61,15 @@ class AcquirerLink:
         self.adapter: AcquirerAdapter = adapter or Iso8583Adapter(host, port, connections, timeout_s)
         self.vault_name = vault_name
         self.namespace = namespace
-        self.vault: Any = None
+        self.detokenizer: Batcher[tuple[str, str, str], Any] | None = None
         self.started = False
 
     async def start(self) -> None:
         if self.started:
             return
         await self.adapter.start()
-        self.vault = ray.get_actor(self.vault_name, namespace=self.namespace)
+        vault = ray.get_actor(self.vault_name, namespace=self.namespace)
+        self.detokenizer = Batcher(_detokenize_many(vault))
         self.started = True
 
     async def ping(self) -> str:
@@ -87,7 +89,8 @@ class AcquirerLink:
     async def authorize(self, order: AuthorizeOrder) -> BankOutcome:
         """0100 for the card behind `order.token`; on a timeout, reverse it so nothing stays held."""
         await self.start()
-        card = await self.vault.detokenize.remote(order.token, "acquirer-link", f"authorize {order.payment_id}")
+        assert self.detokenizer is not None
+        card = await self.detokenizer.call((order.token, "acquirer-link", f"authorize {order.payment_id}"))
         sent_at = format_transmitted_at(datetime.now(UTC))
         request = AcquirerRequest("authorize", order.stan, order.rrn, order.amount, order.currency,
                                   order.merchant_id, card=card, transmitted_at=sent_at)
@@ -106,6 +109,12 @@ class AcquirerLink:
             return BankOutcome("unknown", None, sent_at, "timed out; reversal unconfirmed")
         return BankOutcome("approved" if response.approved else "declined", response, sent_at)
 
+    async def authorize_many(self, orders: list[AuthorizeOrder]) -> list[BankOutcome | BaseException]:
+        return await gather_outcomes([self.authorize(order) for order in orders])
+
+    async def send_many(self, requests: list[AcquirerRequest]) -> list[BankOutcome | BaseException]:
+        return await gather_outcomes([self.send(request) for request in requests])
+
     async def send(self, request: AcquirerRequest, retransmits: int = 2) -> BankOutcome:
         """A card-less message (capture, refund, reversal). A timeout is retried as a retransmission
         (same STAN and RRN, so the bank acts at most once); still no answer is `unknown`."""
@@ -122,6 +131,14 @@ class AcquirerLink:
             except AcquirerError as error:
                 log.warning("acquirer %s rrn=%s attempt %d: %s", request.kind, request.rrn, attempt + 1, error)
         return BankOutcome("unknown", None, sent_at, "no answer after retransmissions")
+
+
+def _detokenize_many(vault: Any) -> Any:
+    async def call(requests: list[tuple[str, str, str]]) -> list[Any]:
+        cards = await vault.detokenize_many.remote(requests)
+        return [card if card is not None else LookupError("No such payment method.") for card in cards]
+
+    return call
 
 
 AcquirerLinkActor = ray.remote(AcquirerLink)

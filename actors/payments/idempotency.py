@@ -16,6 +16,12 @@ import asyncpg
 from actors.payments.messages import Idempotency, Reply
 
 KEEP_HOURS = 24
+
+
+def needs_claim(idem: Idempotency) -> bool:
+    """A merchant's key is claimed before anything runs; a gateway-made key only when the gateway
+    re-sends a call it lost (its first attempt can only be found through the key)."""
+    return idem.retry or not idem.key.startswith(INTERNAL_KEY_PREFIX)
 # Keys the gateway makes up when the merchant sent none: they exist only so that a crashed call
 # can be resumed, and are deleted as soon as the call finishes.
 INTERNAL_KEY_PREFIX = "gw:"
@@ -68,9 +74,14 @@ async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_a
 
 async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: Idempotency | None,
                              object_id: str) -> None:
+    """Record what this attempt created. An upsert: a gateway-made key is first written here, in the
+    business transaction, rather than claimed in a round trip of its own."""
     if idem:
-        await conn.execute("UPDATE idempotency_keys SET recovery_point = $3 WHERE merchant_id = $1 AND key = $2",
-                           merchant_id, idem.key, object_id)
+        await conn.execute(
+            "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
+            "recovery_point, locked_at) VALUES ($1, $2, $3, $4, $5, $6, now()) "
+            "ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
+            merchant_id, idem.key, idem.method, idem.path, idem.request_hash, object_id)
 
 
 async def finish(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, idem: Idempotency | None,

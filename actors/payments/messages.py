@@ -14,6 +14,7 @@ class Idempotency:
     request_hash: str  # of method, path and the parsed parameters
     method: str
     path: str
+    retry: bool = False  # the gateway is re-sending after losing the shard: look for an earlier attempt
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import asyncpg
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
 from actors.acquirer.messages import AcquirerRequest, OriginalRef
 from actors.errors import CardError, InvalidRequest, NotFound, StripeError
+from actors.fraud.reviews import open_if_flagged
 from actors.ids import new_id
 from actors.payments import idempotency, store
 from actors.payments.messages import PaymentCommand, Reply
@@ -68,6 +69,9 @@ class Operations:
     async def create(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
         if recovery_point:
             return await self._resume(cmd, recovery_point)
+        if cmd.confirm and not cmd.payment_method:
+            raise InvalidRequest("You cannot confirm this PaymentIntent because it's missing a payment method.",
+                                 code="payment_intent_unexpected_state", param="payment_method")
         card = await self._payment_method(cmd) if cmd.payment_method else None
         status = "requires_confirmation" if card else "requires_payment_method"
         values = {
@@ -82,13 +86,11 @@ class Operations:
             await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
             if cmd.confirm and card:
                 row = await self._begin_authorization(conn, row, card)
-            elif not cmd.confirm:
+            else:
                 reply = ok(row)
                 await idempotency.finish(conn, cmd.merchant_id, cmd.idempotency, reply)
                 return reply
-        if not card:
-            raise InvalidRequest("You cannot confirm this PaymentIntent because it's missing a payment method.",
-                                 code="payment_intent_unexpected_state", param="payment_method")
+        assert card is not None
         return await self._authorize(cmd, row, card)
 
     async def confirm(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
@@ -109,10 +111,15 @@ class Operations:
 
     async def _begin_authorization(self, conn: asyncpg.Connection, row: asyncpg.Record,
                                    card: dict[str, Any]) -> asyncpg.Record:
-        """processing/authorizing with the STAN and RRN persisted first: the recovery point."""
-        stan, rrn = await store.next_bank_ids(conn)
+        """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
+        capture gets its completion's ids now too, so approval leads straight to the capture."""
+        automatic = row["capture_method"] == "automatic"
+        ids = await store.next_bank_ids(conn, 2 if automatic else 1)
+        (stan, rrn), capture = ids[0], ids[1] if automatic else (None, None)
         return await store.transition(conn, row, "confirm", {
             "payment_method": card["id"], "bank_phase": "authorizing", "auth_stan": stan, "auth_rrn": rrn,
+            "pending_stan": capture[0], "pending_rrn": capture[1],
+            "pending_amount": row["amount"] if automatic else None,
             "processing_since": _now(), "last_payment_error": None, "latest_charge": new_id("ch"),
             "charge": {"card": _charge_card(card), "status": "pending", "created": int(time.time())},
         }, events=["payment_intent.processing"])
@@ -121,13 +128,13 @@ class Operations:
         decision = await self.ports.risk.assess(row, card, cmd.risk)
         if decision.outcome == "blocked":
             return await self._fail(cmd, row, "fraudulent", decision=decision)
-        reversal_stan, _ = await store.next_bank_ids(self.ports.pool)
         order = AuthorizeOrder(row["id"], row["payment_method"], row["amount"], row["currency"],
-                               row["merchant_id"], row["auth_stan"], row["auth_rrn"], reversal_stan)
+                               row["merchant_id"], row["auth_stan"], row["auth_rrn"], _reversal_stan(row["auth_stan"]))
         outcome: BankOutcome = await self.ports.link.authorize(order)
         if outcome.status == "unknown":
             # Neither answer nor confirmed reversal: the recovery sweep settles it from the bank.
             return failure(_processing_error_unknown(row))
+        self.ports.risk.record_outcome(row, card, cmd.risk, outcome.status)  # declines feed the risk windows
         if outcome.status != "approved":
             code = outcome.response.decline_code if outcome.status == "declined" and outcome.response else None
             return await self._fail(cmd, row, code or "processing_error", outcome=outcome, decision=decision)
@@ -147,15 +154,13 @@ class Operations:
                 row = await store.transition(conn, row, "bank_approved", {
                     **changes, "bank_phase": None, "processing_since": None, "amount_capturable": row["amount"],
                 }, events=["payment_intent.amount_capturable_updated"], bank=response.raw)
+                await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
                 reply = ok(row)
                 await idempotency.finish(conn, merchant_id, idem, reply)
             return reply
-        async with self.ports.pool.acquire() as conn, conn.transaction():
-            stan, rrn = await store.next_bank_ids(conn)
-            row = await store.update(conn, row, {**changes, "bank_phase": "capturing", "pending_stan": stan,
-                                                 "pending_rrn": rrn, "pending_amount": row["amount"]})
-            await store.append_event(conn, row, "charge.authorized", "processing", response.raw)
-        return await self._capture_at_bank(cmd, row)
+        # Automatic capture: the completion's ids were persisted with the authorization, so a crash
+        # from here on is settled by reversing the authorization (the bank releases the capture too).
+        return await self._capture_at_bank(cmd, row, approval=changes, auth_raw=response.raw)
 
     async def _fail(self, cmd: PaymentCommand | None, row: asyncpg.Record, decline_code: str,
                     outcome: BankOutcome | None = None, decision: RiskDecision | None = None) -> Reply:
@@ -165,12 +170,14 @@ class Operations:
                  "charge": row["latest_charge"], "payment_method": {"id": row["payment_method"]}}
         charge = {**_loads(row["charge"]), "status": "failed", "paid": False, "failure_code": code,
                   "failure_message": error["message"], "outcome": _outcome(decision, declined=True)}
-        bank = outcome.response.raw if outcome and outcome.response else {"detail": outcome.detail if outcome else ""}
+        bank: dict[str, Any] = dict(outcome.response.raw) if outcome and outcome.response else {
+            "detail": outcome.detail if outcome else ""}
         if decision and decision.outcome == "blocked":
             bank = {"risk": decision.as_dict()}
         async with self.ports.pool.acquire() as conn, conn.transaction():
             row = await store.transition(conn, row, "bank_declined", {
                 "bank_phase": None, "processing_since": None, "last_payment_error": error, "charge": charge,
+                "pending_stan": None, "pending_rrn": None, "pending_amount": None,
             }, events=["payment_intent.payment_failed"], bank=bank)
             card_error = CardError(error["message"], code=code, param=None, decline_code=decline_code,
                                    charge=row["latest_charge"], payment_intent=payment_intent_object(row))
@@ -192,14 +199,15 @@ class Operations:
                 f"The amount to capture ({amount}) is greater than the amount capturable "
                 f"({row['amount_capturable']}).", code="amount_too_large", param="amount_to_capture")
         async with self.ports.pool.acquire() as conn, conn.transaction():
-            stan, rrn = await store.next_bank_ids(conn)
+            [(stan, rrn)] = await store.next_bank_ids(conn)
             await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
             row = await store.transition(conn, row, "capture", {
                 "bank_phase": "capturing", "pending_stan": stan, "pending_rrn": rrn, "pending_amount": amount,
                 "processing_since": _now()})
         return await self._capture_at_bank(cmd, row)
 
-    async def _capture_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record) -> Reply:
+    async def _capture_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record,
+                               approval: dict[str, Any] | None = None, auth_raw: dict[str, Any] | None = None) -> Reply:
         request = AcquirerRequest("capture", row["pending_stan"], row["pending_rrn"], row["pending_amount"],
                                   row["currency"], row["merchant_id"], original=_original(row))
         outcome: BankOutcome = await self.ports.link.send(request)
@@ -207,10 +215,12 @@ class Operations:
             return failure(_processing_error_unknown(row))
         idem = cmd.idempotency if cmd else None
         async with self.ports.pool.acquire() as conn, conn.transaction():
+            if auth_raw is not None:
+                await store.append_event(conn, row, "charge.authorized", "processing", auth_raw)
             if outcome.status == "approved":
                 amount = row["pending_amount"]
                 row = await store.transition(conn, row, "captured", {
-                    "bank_phase": None, "processing_since": None, "amount_received": amount,
+                    **(approval or {}), "bank_phase": None, "processing_since": None, "amount_received": amount,
                     "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None,
                 }, events=["payment_intent.succeeded", "charge.captured"], bank=_raw(outcome))
                 await store.write_ledger(conn, row, [("acquirer_receivable", amount), ("merchant_balance", -amount)],
@@ -218,10 +228,13 @@ class Operations:
                 reply = ok(row)
             else:
                 row = await store.transition(conn, row, "capture_failed", {
+                    **(approval or {}), "amount_capturable": row["amount"] if approval else row["amount_capturable"],
                     "bank_phase": None, "processing_since": None, "pending_stan": None, "pending_rrn": None,
                     "pending_amount": None}, bank=_raw(outcome))
                 reply = failure(InvalidRequest("The bank refused the capture; the authorization is unchanged.",
                                                code="charge_not_capturable", payment_intent=payment_intent_object(row)))
+            if approval is not None:
+                await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
             await idempotency.finish(conn, row["merchant_id"], idem, reply)
         return reply
 
@@ -241,7 +254,7 @@ class Operations:
         if row["status"] != "requires_capture":
             raise unexpected_state(row, "cancel")
         async with self.ports.pool.acquire() as conn, conn.transaction():
-            stan, _ = await store.next_bank_ids(conn)
+            [(stan, _)] = await store.next_bank_ids(conn)
             await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
             row = await store.transition(conn, row, "cancel", {
                 "bank_phase": "reversing", "pending_stan": stan, "pending_rrn": row["auth_rrn"],
@@ -275,7 +288,7 @@ class Operations:
             return await self._capture_at_bank(cmd, row)
         if phase == "reversing":
             return await self._reverse_at_bank(cmd, row)
-        stan, _ = await store.next_bank_ids(self.ports.pool)
+        stan = _reversal_stan(row["auth_stan"])
         request = AcquirerRequest("reversal", stan, row["auth_rrn"], row["amount"], row["currency"],
                                   row["merchant_id"], original=_original(row))
         outcome: BankOutcome = await self.ports.link.send(request)
@@ -306,7 +319,7 @@ class Operations:
     async def _payment_method(self, cmd: PaymentCommand, pm_id: str | None = None) -> dict[str, Any]:
         pm_id = pm_id or cmd.payment_method
         assert pm_id is not None
-        card = await self.ports.vault.get.remote(cmd.merchant_id, pm_id)
+        card = await self.ports.vault.get(cmd.merchant_id, pm_id)
         if card is None:
             raise InvalidRequest(f"No such PaymentMethod: '{pm_id}'", code="resource_missing",
                                  param="payment_method")
@@ -341,6 +354,12 @@ def _outcome(decision: RiskDecision | None, declined: bool = False) -> dict[str,
         return {**base, "network_status": "not_sent_to_network", "type": "blocked"}
     return {**base, "network_status": "approved_by_network",
             "type": "manual_review" if decision and decision.outcome == "manual_review" else "authorized"}
+
+
+def _reversal_stan(auth_stan: str) -> str:
+    """The STAN of an authorization's reversal: derived, so it needs no sequence round trip, and
+    half the STAN space away from the sequence's recent numbers, so it is not in flight already."""
+    return f"{(int(auth_stan) + 500_000) % 1_000_000:06d}"
 
 
 def _original(row: asyncpg.Record) -> OriginalRef:

@@ -20,13 +20,14 @@ import ray
 
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
 from actors.acquirer.messages import AcquirerRequest
+from actors.batching import Batcher, gather_outcomes
 from actors.errors import ApiError, IdempotencyError, IdempotencyInProgress, StripeError
+from actors.fraud.assessor import FraudAssessor
 from actors.payments import idempotency
 from actors.payments.idempotency import Claim
 from actors.payments.messages import PaymentCommand, Reply
 from actors.payments.operations import Operations, Ports, failure, unexpected_state
 from actors.payments.refunds import Refunds
-from actors.payments.risk import AllowAll
 from actors.payments.states import IllegalTransition
 from actors.payments.store import VersionConflict
 from cluster.db import create_pool
@@ -63,7 +64,7 @@ class PaymentShard:
             self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=20)
             vault = ray.get_actor(self.vault_name, namespace=self.namespace)
             links = [ray.get_actor(name, namespace=self.namespace) for name in self.link_names]
-            ports = Ports(self.pool, vault, _LinkPool(links), AllowAll())
+            ports = Ports(self.pool, _VaultClient(vault), _LinkPool(links), FraudAssessor.connect(self.namespace))
             self.ops = Operations(ports)
             self.refunds = Refunds(ports)
             self.recovery_task = asyncio.create_task(self._recover_forever())
@@ -72,11 +73,15 @@ class PaymentShard:
         await self.start()
         return "ok"
 
+    async def execute_many(self, commands: list[PaymentCommand]) -> list[Reply | BaseException]:
+        """A micro-batch from a gateway: each command runs as if it came alone."""
+        return await gather_outcomes([self.execute(cmd) for cmd in commands])
+
     async def execute(self, cmd: PaymentCommand) -> Reply:
         await self.start()
         assert self.pool is not None and self.ops is not None
         claim = Claim("fresh")
-        if cmd.idempotency:
+        if cmd.idempotency and idempotency.needs_claim(cmd.idempotency):
             claim = await idempotency.claim(self.pool, cmd.merchant_id, cmd.idempotency, self.stale_after_s)
             if claim.reply is not None:
                 return claim.reply
@@ -174,16 +179,35 @@ class _LinkPool:
     """Spreads bank calls over the AcquirerLink actors, keeping one payment on one link."""
 
     def __init__(self, links: list[Any]) -> None:
-        self.links = links
+        self.authorizers = [Batcher(_remote_many(link.authorize_many)) for link in links]
+        self.senders = [Batcher(_remote_many(link.send_many)) for link in links]
 
-    def _for(self, key: str) -> Any:
-        return self.links[zlib.crc32(key.encode()) % len(self.links)]
+    @staticmethod
+    def _index(key: str, count: int) -> int:
+        return zlib.crc32(key.encode()) % count
 
     async def authorize(self, order: AuthorizeOrder) -> BankOutcome:
-        return await self._for(order.payment_id).authorize.remote(order)
+        return await self.authorizers[self._index(order.payment_id, len(self.authorizers))].call(order)
 
     async def send(self, request: AcquirerRequest) -> BankOutcome:
-        return await self._for(request.rrn).send.remote(request)
+        return await self.senders[self._index(request.rrn, len(self.senders))].call(request)
+
+
+class _VaultClient:
+    """The shard's view of the vault: PaymentMethod metadata only, fetched in micro-batches."""
+
+    def __init__(self, vault: Any) -> None:
+        self.getter: Batcher[tuple[str, str], Any] = Batcher(_remote_many(vault.get_many))
+
+    async def get(self, merchant_id: str, pm_id: str) -> dict[str, Any] | None:
+        return await self.getter.call((merchant_id, pm_id))
+
+
+def _remote_many(method: Any) -> Any:
+    async def call(items: list[Any]) -> Any:
+        return await method.remote(items)
+
+    return call
 
 
 PaymentShardActor = ray.remote(PaymentShard)

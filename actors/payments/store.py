@@ -28,40 +28,69 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, payment_id: str, merchan
 
 
 async def insert(conn: asyncpg.Connection, values: Mapping[str, Any]) -> asyncpg.Record:
+    """A new PaymentIntent, its `created` event and outbox row: one statement."""
     payment_id = new_id("pi")
     row = {"id": payment_id, "client_secret": f"{payment_id}_secret_{secrets.token_urlsafe(18)}", **values}
     columns = list(row)
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    snapshot = {**_DEFAULTS, **row}
     record = await conn.fetchrow(
-        f"INSERT INTO payment_orders ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *",
-        *[row[c] for c in columns],
+        f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *)"
+        + _event_and_outbox_sql("p", len(columns) + 1) + " SELECT * FROM p",
+        *[row[c] for c in columns], *_event_and_outbox_args(snapshot, "payment_intent.created", None, {},
+                                                            ["payment_intent.created"]),
     )
     assert record is not None
-    await append_event(conn, record, "payment_intent.created", None, {})
-    await write_outbox(conn, record, ["payment_intent.created"])
     return record
 
 
 async def transition(conn: asyncpg.Connection, row: asyncpg.Record, action: Action, changes: Mapping[str, Any],
                      events: Sequence[str] = (), bank: Mapping[str, Any] | None = None) -> asyncpg.Record:
+    """Move `row` by `action` (checked against the state machine), under the version check, with its
+    payment event and outbox events: one statement, so all or nothing even outside a transaction."""
     status = next_status(row["status"], action)
-    updated = await update(conn, row, {**changes, "status": status})
-    await append_event(conn, updated, f"payment_intent.{action}", row["status"], dict(bank or {}))
-    await write_outbox(conn, updated, events)
-    return updated
-
-
-async def update(conn: asyncpg.Connection, row: asyncpg.Record, changes: Mapping[str, Any]) -> asyncpg.Record:
-    """Update under the version check: a concurrent writer makes this raise, never overwrite."""
+    changes = {**changes, "status": status}
     columns = list(changes)
     sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
+    snapshot = {**dict(row), **changes}
     record = await conn.fetchrow(
-        f"UPDATE payment_orders SET {sets}, version = version + 1 WHERE id = $1 AND version = $2 RETURNING *",
+        f"WITH u AS (UPDATE payment_orders SET {sets}, version = version + 1 "
+        f"WHERE id = $1 AND version = $2 RETURNING *)" + _event_and_outbox_sql("u", len(columns) + 3)
+        + " SELECT * FROM u",
         row["id"], row["version"], *[changes[c] for c in columns],
+        *_event_and_outbox_args(snapshot, f"payment_intent.{action}", row["status"], dict(bank or {}), events),
     )
     if record is None:
         raise VersionConflict(row["id"])
     return record
+
+
+# Column defaults of payment_orders, for rendering a row before the database has returned it.
+_DEFAULTS: dict[str, Any] = {
+    "amount_capturable": 0, "amount_received": 0, "amount_refunded": 0, "last_payment_error": None,
+    "latest_charge": None, "charge": None, "canceled_at": None, "cancellation_reason": None, "auth_code": None,
+}
+
+
+def _event_and_outbox_sql(source: str, first: int) -> str:
+    """CTEs appending the payment event and the outbox rows for the row in `source`."""
+    n = first
+    return (
+        f", e AS (INSERT INTO payment_events (payment_id, merchant_id, type, from_status, to_status, data) "
+        f"SELECT id, merchant_id, ${n}, ${n + 1}, status, ${n + 2} FROM {source})"
+        f", o AS (INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
+        f"SELECT x.id, s.merchant_id, x.type, s.id, x.payload, x.created FROM {source} s, "
+        f"unnest(${n + 3}::text[], ${n + 4}::text[], ${n + 5}::jsonb[], ${n + 6}::bigint[]) "
+        f"AS x(id, type, payload, created))"
+    )
+
+
+def _event_and_outbox_args(snapshot: Mapping[str, Any], event_type: str, from_status: str | None,
+                           data: Mapping[str, Any], outbox_types: Sequence[str]) -> list[Any]:
+    obj = payment_intent_object(snapshot)
+    events = [event_object(t, obj) for t in outbox_types]
+    return [event_type, from_status, dict(data), [e["id"] for e in events], [e["type"] for e in events],
+            events, [e["created"] for e in events]]
 
 
 async def append_event(conn: asyncpg.Connection, row: asyncpg.Record, event_type: str, from_status: str | None,
@@ -79,7 +108,8 @@ async def write_outbox(conn: asyncpg.Connection, row: asyncpg.Record, event_type
     snapshot = payment_intent_object(row)
     events = [event_object(t, snapshot) for t in event_types]
     await conn.executemany(
-        "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
         [(e["id"], row["merchant_id"], e["type"], row["id"], e, e["created"]) for e in events],
     )
 
@@ -98,7 +128,7 @@ async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements:
     )
 
 
-async def next_bank_ids(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[str, str]:
-    """A fresh STAN (6 digits) and RRN (12 digits) for one message to the acquirer."""
-    number = await conn.fetchval("SELECT nextval('acquirer_message_seq')")
-    return f"{number % 1_000_000:06d}", f"{number % 10**12:012d}"
+async def next_bank_ids(conn: asyncpg.Connection | asyncpg.Pool, count: int = 1) -> list[tuple[str, str]]:
+    """Fresh STAN (6 digits) and RRN (12 digits) pairs, one per message to the acquirer."""
+    numbers = await conn.fetch("SELECT nextval('acquirer_message_seq') AS n FROM generate_series(1, $1)", count)
+    return [(f"{r['n'] % 1_000_000:06d}", f"{r['n'] % 10**12:012d}") for r in numbers]

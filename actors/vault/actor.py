@@ -401,6 +401,10 @@ class CardVault:
 
     # -- read ----------------------------------------------------------------------------------
 
+    async def get_many(self, requests: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """Batch `get`: (merchant_id, token) each; one Ray call for a shard's micro-batch."""
+        return list(await asyncio.gather(*[self.get(merchant_id, token) for merchant_id, token in requests]))
+
     async def get(self, merchant_id: str, token: str) -> dict[str, Any] | None:
         """The PaymentMethod, or None for an unknown token or another merchant's (the gateway: 404)."""
         pool, _, _ = await self._ready()

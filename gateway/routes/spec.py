@@ -39,8 +39,8 @@ class ApiRoute:
             "summary": self.summary,
             "operationId": f"{self.method.lower()}{self.path.replace('/', '_').replace('{', '').replace('}', '')}",
             "responses": {"200": {"description": f"the {self.returns}"},
-                          "default": {"description": "a Stripe-shaped error",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+                          "default": {"description": "a Stripe-shaped error", "content": {
+                              "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
         }
         if self.tags:
             operation["tags"] = list(self.tags)

@@ -123,8 +123,8 @@ async def list_endpoints(call: Call) -> Response:
 async def resend(call: Call) -> Response:
     row = await _load(call)
     event_id = str(call.request.path_params["event_id"])
-    event = await call.state.pool.fetchrow("SELECT object_id, seq FROM outbox_events WHERE id = $1 AND merchant_id = $2",
-                                           event_id, call.merchant_id)
+    event = await call.state.pool.fetchrow(
+        "SELECT object_id, seq FROM outbox_events WHERE id = $1 AND merchant_id = $2", event_id, call.merchant_id)
     if event is None:
         raise NotFound("event", event_id, param="event_id")
     delivery = await call.state.pool.fetchval(
