@@ -33,10 +33,12 @@ def idempotency_for(call: Call) -> Idempotency:
     key = call.idempotency_key
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters.", param="Idempotency-Key")
+    internal = key is None
     if key is None:
         key = INTERNAL_KEY_PREFIX + call.request.scope["state"]["request_id"]
     path = call.request.url.path
-    return Idempotency(key, request_hash(call.request.method, path, call.params), call.request.method, path)
+    return Idempotency(key, request_hash(call.request.method, path, call.params), call.request.method, path,
+                       internal=internal)
 
 
 def shard_batcher(call: Call) -> Batcher[PaymentCommand, Reply]:

@@ -43,7 +43,8 @@ async def list_objects(pool: asyncpg.Pool, merchant_id: str, params: Params, que
             if op not in _CREATED_OPS:
                 raise InvalidRequest(f"Received unknown parameter: created[{op}]", code="parameter_unknown",
                                      param=f"created[{op}]")
-            bound = integer({"v": value}, "v", minimum=0, maximum=2**62)
+            name = f"created[{op}]"
+            bound = integer({name: value}, name, minimum=0, maximum=2**62)
             where.append(f"created {_CREATED_OPS[op]} {arg(bound)}")
     elif created not in (None, ""):
         where.append(f"created = {arg(integer(params, 'created', minimum=0, maximum=2**62))}")

@@ -30,7 +30,8 @@ def required(params: Params, name: str) -> Any:
     return value
 
 
-def integer(params: Params, name: str, *, minimum: int = 0, maximum: int = MAX_AMOUNT) -> int | None:
+def integer(params: Params, name: str, *, minimum: int = 0, maximum: int = MAX_AMOUNT,
+            too_large: str = "parameter_invalid_integer") -> int | None:
     raw = params.get(name)
     if raw is None or raw == "":
         return None
@@ -41,8 +42,7 @@ def integer(params: Params, name: str, *, minimum: int = 0, maximum: int = MAX_A
         raise InvalidRequest(f"This value must be greater than or equal to {minimum}.",
                              code="parameter_invalid_integer", param=name)
     if value > maximum:
-        raise InvalidRequest(f"This value must be less than or equal to {maximum}.", code="amount_too_large",
-                             param=name)
+        raise InvalidRequest(f"This value must be less than or equal to {maximum}.", code=too_large, param=name)
     return value
 
 
@@ -82,7 +82,7 @@ def amount_and_currency(params: Params) -> tuple[int, str]:
         raise InvalidRequest(f"Invalid currency: {code[:10]}. paygate supports these currencies: "
                              "usd, eur, gbp, jpy and others listed in the README.",
                              code="parameter_invalid_string", param="currency")
-    amount = integer(params, "amount", minimum=1)
+    amount = integer(params, "amount", minimum=1, too_large="amount_too_large")
     assert amount is not None
     if amount < cur.minimum:
         raise InvalidRequest(f"Amount must be at least {format_amount(cur.minimum, code)}",

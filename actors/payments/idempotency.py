@@ -21,7 +21,7 @@ KEEP_HOURS = 24
 def needs_claim(idem: Idempotency) -> bool:
     """A merchant's key is claimed before anything runs; a gateway-made key only when the gateway
     re-sends a call it lost (its first attempt can only be found through the key)."""
-    return idem.retry or not idem.key.startswith(INTERNAL_KEY_PREFIX)
+    return idem.retry or not idem.internal
 # Keys the gateway makes up when the merchant sent none: they exist only so that a crashed call
 # can be resumed, and are deleted as soon as the call finishes.
 INTERNAL_KEY_PREFIX = "gw:"
@@ -86,7 +86,7 @@ async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: I
 
 async def finish(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, idem: Idempotency | None,
                  reply: Reply) -> None:
-    if idem and idem.key.startswith(INTERNAL_KEY_PREFIX):
+    if idem and idem.internal:
         await conn.execute("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2", merchant_id, idem.key)
     elif idem:
         await conn.execute(

@@ -15,6 +15,7 @@ class Idempotency:
     method: str
     path: str
     retry: bool = False  # the gateway is re-sending after losing the shard: look for an earlier attempt
+    internal: bool = False  # made up by the gateway (the merchant sent no key): never replayed to anyone
 
 
 @dataclass(frozen=True)

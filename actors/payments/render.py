@@ -16,6 +16,12 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _review(row: Mapping[str, Any]) -> str | None:
+    """The review a `manual_review` risk outcome opened (`prv_…`), from the charge's outcome."""
+    outcome = (_json(row["charge"]) or {}).get("outcome") or {}
+    return outcome.get("review") if outcome.get("type") == "manual_review" else None
+
+
 def charge_object(row: Mapping[str, Any]) -> dict[str, Any] | None:
     charge = _json(row["charge"])
     if not charge or not row["latest_charge"]:
@@ -28,7 +34,7 @@ def charge_object(row: Mapping[str, Any]) -> dict[str, Any] | None:
         "currency": row["currency"], "created": charge.get("created", row["created"]),
         "paid": charge.get("paid", False), "status": charge.get("status", "pending"),
         "payment_intent": row["id"], "payment_method": row["payment_method"],
-        "outcome": charge.get("outcome"), "failure_code": charge.get("failure_code"),
+        "outcome": charge.get("outcome"), "review": _review(row), "failure_code": charge.get("failure_code"),
         "failure_message": charge.get("failure_message"), "livemode": False,
         "metadata": _json(row["metadata"]) or {}, "description": row["description"],
         "authorization_code": row["auth_code"],
@@ -51,7 +57,7 @@ def payment_intent_object(row: Mapping[str, Any], expand: frozenset[str] = froze
         "last_payment_error": _json(row["last_payment_error"]), "latest_charge": latest_charge,
         "livemode": False, "metadata": _json(row["metadata"]) or {}, "next_action": None, "on_behalf_of": None,
         "payment_method": row["payment_method"], "payment_method_options": {"card": {}},
-        "payment_method_types": ["card"], "processing": None, "receipt_email": None, "review": None,
+        "payment_method_types": ["card"], "processing": None, "receipt_email": None, "review": _review(row),
         "setup_future_usage": None, "shipping": None, "source": None,
         "statement_descriptor": row["statement_descriptor"], "statement_descriptor_suffix": None,
         "status": row["status"], "transfer_data": None, "transfer_group": None,

@@ -89,7 +89,7 @@ class PaymentShard:
                 return failure(IdempotencyError(
                     "Keys for idempotent requests can only be used with the same parameters they were first "
                     f"used with. Try using a key other than '{cmd.idempotency.key}' if you meant to execute a "
-                    "different request.", code="idempotency_key_in_use"))
+                    "different request."))
             if claim.kind == "in_progress":
                 return failure(IdempotencyInProgress())
         async with self._payment_lock(cmd.payment_id or claim.recovery_point):

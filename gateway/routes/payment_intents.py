@@ -56,7 +56,7 @@ async def capture(call: Call) -> Response:
     p = call.params
     v.reject_unknown(p, ("amount_to_capture", "metadata"))
     cmd = PaymentCommand(verb="capture", merchant_id=call.merchant_id, payment_id=_payment_id(call),
-                         amount_to_capture=v.integer(p, "amount_to_capture", minimum=1),
+                         amount_to_capture=v.integer(p, "amount_to_capture", minimum=1, too_large="amount_too_large"),
                          idempotency=idempotency_for(call))
     return await execute(call, cmd)
 

@@ -24,7 +24,8 @@ async def create(call: Call) -> Response:
     if payment_id is None:
         v.required(p, "payment_intent")
     cmd = PaymentCommand(verb="refund", merchant_id=call.merchant_id, payment_id=payment_id,
-                         amount=v.integer(p, "amount", minimum=1), refund_reason=v.string(p, "reason", 40, REASONS),
+                         amount=v.integer(p, "amount", minimum=1, too_large="amount_too_large"),
+                         refund_reason=v.string(p, "reason", 40, REASONS),
                          metadata=v.metadata(p), idempotency=idempotency_for(call))
     return await execute(call, cmd)
 
