@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cluster.logs import redact
+
 
 class StripeError(Exception):
     status = 400
@@ -15,6 +17,8 @@ class StripeError(Exception):
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
                  status: int | None = None, headers: dict[str, str] | None = None,
                  **extra: Any) -> None:
+        # Whatever a caller put in the message (an id, a value it echoes), a card number never leaves.
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.code = code

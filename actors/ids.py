@@ -9,24 +9,25 @@ from __future__ import annotations
 import secrets
 import time
 
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _WIDTH = 22  # ceil(128 / log2(62))
 
 
-def _base62(value: int, width: int) -> str:
+def base62(value: int, width: int) -> str:
+    """`value` in base 62, left-padded to `width` (higher digits beyond it are dropped)."""
     chars = []
     for _ in range(width):
         value, rem = divmod(value, 62)
-        chars.append(_ALPHABET[rem])
+        chars.append(BASE62_ALPHABET[rem])
     return "".join(reversed(chars))
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
     millis = int(time.time() * 1000) if now_ms is None else now_ms
     value = (millis << 80) | secrets.randbits(80)
-    return f"{prefix}_{_base62(value, _WIDTH)}"
+    return f"{prefix}_{base62(value, _WIDTH)}"
 
 
 def random_token(nbytes: int = 24) -> str:
     """An unguessable base62 string (secrets, keys)."""
-    return _base62(secrets.randbits(nbytes * 8), (nbytes * 8 * 100 + 594) // 595)
+    return base62(secrets.randbits(nbytes * 8), (nbytes * 8 * 100 + 594) // 595)

@@ -4,7 +4,6 @@ function that creates them as named, detached actors in the paygate namespace.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ log = logging.getLogger("paygate.actors")
 
 RATE_LIMITER = "rate-limiter"
 CARD_VAULT = "card-vault"
+RECONCILER = "reconciler"
 
 
 def link_name(index: int) -> str:
@@ -38,7 +38,7 @@ def dispatcher_name(index: int) -> str:
 class ActorSpec:
     name: str
     actor_class: Any
-    args: Callable[[Config], tuple[Any, ...]]
+    args: tuple[Any, ...]
     needs_start: bool = False
 
 
@@ -47,32 +47,45 @@ def system_actors(config: Config) -> list[ActorSpec]:
     from actors.acquirer.link import AcquirerLinkActor
     from actors.events.dispatcher import RetryPolicy, WebhookDispatcherActor
     from actors.events.relay import OutboxRelayActor
+    from actors.fraud import scorer_name
+    from actors.fraud.scorer import FraudScorerActor
     from actors.payments.shard import PaymentShardActor
     from actors.ratelimit import RateLimiterActor
+    from actors.reconciler.actor import ReconcilerActor
+    from actors.reconciler.schedule import ScheduleSettings
     from actors.vault.actor import CardVaultActor
 
     links = [link_name(i) for i in range(config.acquirer_links)]
+    acquirer = config.acquirer
+    if acquirer is None:
+        raise ValueError("PAYGATE_ACQUIRER is not resolved")
     # A payment in `processing` longer than this has lost its caller: two bank timeouts
     # (the call and its reversal) plus a margin.
     stale_after_s = config.acquirer_timeout_s * 2 + 5
     return [
-        ActorSpec(RATE_LIMITER, RateLimiterActor, lambda c: (c.rate_limit_per_s, c.rate_limit_burst)),
+        ActorSpec(RATE_LIMITER, RateLimiterActor, (config.rate_limit_per_s, config.rate_limit_burst)),
         ActorSpec(CARD_VAULT, CardVaultActor,
-                  lambda c: (c.vault_dsn, str(c.kek_path), str(c.fingerprint_key_path)), needs_start=True),
+                  (config.vault_dsn, str(config.kek_path), str(config.fingerprint_key_path)), needs_start=True),
         *[ActorSpec(name, AcquirerLinkActor,
-                    lambda c: (c.acquirer.host, c.acquirer.port, c.acquirer_connections, c.acquirer_timeout_s,
-                               CARD_VAULT, c.ray_namespace), needs_start=True) for name in links],
+                    (acquirer.host, acquirer.port, config.acquirer_connections, config.acquirer_timeout_s,
+                               CARD_VAULT, config.ray_namespace), needs_start=True) for name in links],
+        # fraud scorers before the shards: a shard's start() looks them up by name
+        *[ActorSpec(scorer_name(i), FraudScorerActor,
+                    (i, config.fraud_scorers, config.ledger_dsn, CARD_VAULT, config.ray_namespace),
+                    needs_start=True) for i in range(config.fraud_scorers)],
         *[ActorSpec(shard_name(i), PaymentShardActor,
-                    lambda c, i=i: (i, c.shards, c.ledger_dsn, CARD_VAULT, links, c.ray_namespace, stale_after_s),
+                    (i, config.shards, config.ledger_dsn, CARD_VAULT, links, config.ray_namespace, stale_after_s),
                     needs_start=True) for i in range(config.shards)],
         *[ActorSpec(relay_name(i), OutboxRelayActor,
-                    lambda c, i=i: (i, c.outbox_relays, c.ledger_dsn, c.kafka_bootstrap, c.outbox_republish_s),
+                    (i, config.outbox_relays, config.ledger_dsn, config.kafka_bootstrap, config.outbox_republish_s),
                     needs_start=True) for i in range(config.outbox_relays)],
         *[ActorSpec(dispatcher_name(i), WebhookDispatcherActor,
-                    lambda c, i=i: (i, c.ledger_dsn, c.kafka_bootstrap,
-                                    RetryPolicy(backoff_s=c.webhook_backoff_s, window_s=c.webhook_window_s,
-                                                timeout_s=c.webhook_timeout_s)),
+                    (i, config.ledger_dsn, config.kafka_bootstrap,
+                                    RetryPolicy(backoff_s=config.webhook_backoff_s, window_s=config.webhook_window_s,
+                                                timeout_s=config.webhook_timeout_s)),
                     needs_start=True) for i in range(config.webhook_dispatchers)],
+        ActorSpec(RECONCILER, ReconcilerActor,
+                  (config.ledger_dsn, ScheduleSettings.from_env(config.data_dir).as_dict()), needs_start=True),
     ]
 
 
@@ -92,7 +105,7 @@ async def ensure_actors(config: Config) -> dict[str, Any]:
             num_cpus=0,
             max_restarts=-1,
             max_task_retries=0,
-        ).remote(*spec.args(config))
+        ).remote(*spec.args)
     for spec in system_actors(config):
         if spec.needs_start:
             await handles[spec.name].start.remote()

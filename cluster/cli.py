@@ -8,10 +8,12 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 from cluster.config import Config, ConfigError, load_config
 from cluster.logs import setup_logging
@@ -19,6 +21,7 @@ from cluster.merchants import create_merchant
 from cluster.migrate import apply_migrations
 from cluster.postgres import EmbeddedPostgres
 from cluster.procs import free_port
+from cluster.secrets import read_admin_key
 from cluster.stack import LocalStack, run_file
 
 
@@ -138,6 +141,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- vault key rotation (talks to the running stack's admin API) ------------------------------
+
+def _admin_client(config: Config) -> httpx.Client:
+    """An admin-authenticated client for the running stack (URL from run/stack.json)."""
+    if not run_file(config).exists():
+        raise ConfigError(f"paygate is not running with data dir {config.data_dir} (no {run_file(config)}); "
+                          "start it with `paygate up`")
+    base_url = json.loads(run_file(config).read_text())["base_url"]
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {read_admin_key(config)}"},
+                        timeout=30, verify=not config.tls_cert)
+
+
+def _vault_call(client: httpx.Client, method: str, path: str) -> dict[str, object]:
+    try:
+        response = client.request(method, path)
+    except httpx.TransportError as error:
+        raise ConfigError(f"cannot reach paygate at {client.base_url} ({type(error).__name__}): "
+                          "is the stack running?") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text[:200]}}
+    if response.status_code != 200:
+        raise ConfigError(f"{method} {path} failed ({response.status_code}): {body['error']['message']}")
+    return dict(body)
+
+
+def _print_rotation(status: dict[str, object]) -> None:
+    per_version = status["cards_per_version"]
+    assert isinstance(per_version, dict)
+    cards = ", ".join(f"v{v}: {n}" for v, n in sorted(per_version.items(), key=lambda kv: int(kv[0]))) or "none"
+    print(f"vault KEK v{status['active_version']} active; {status['status']}; "
+          f"cards per key version: {cards}; re-wrapped {status['rewrapped']}", flush=True)
+
+
+def _wait_rotation(client: httpx.Client, timeout_s: float) -> dict[str, object]:
+    deadline, last = time.monotonic() + timeout_s, ""
+    while True:
+        status = _vault_call(client, "GET", "/v1/admin/vault/rotation")
+        if json.dumps(status, sort_keys=True) != last:
+            _print_rotation(status)
+            last = json.dumps(status, sort_keys=True)
+        if status["status"] != "running" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def cmd_vault_rotate_key(args: argparse.Namespace) -> int:
+    with _admin_client(_config(args)) as client:
+        status = _vault_call(client, "POST", "/v1/admin/vault/rotate_key")
+        print(f"vault: new key-encrypting key version {status['new_version']}; re-wrapping data keys", flush=True)
+        if args.wait:
+            status = _wait_rotation(client, args.timeout)
+        else:
+            _print_rotation(status)
+    done = ("complete",) if args.wait else ("complete", "running")
+    return 0 if status["status"] in done else 1
+
+
+def cmd_vault_status(args: argparse.Namespace) -> int:
+    with _admin_client(_config(args)) as client:
+        status = _vault_call(client, "GET", "/v1/admin/vault/rotation")
+    _print_rotation(status)
+    return 1 if status["status"] == "failed" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paygate", description="paygate: a Stripe-compatible payment gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply ledger migrations")
     migrate.add_argument("--data-dir")
     migrate.set_defaults(func=cmd_migrate)
+
+    vault = sub.add_parser("vault", help="card vault operations on the running stack")
+    vsub = vault.add_subparsers(dest="vault_command", required=True)
+    rotate = vsub.add_parser("rotate-key", help="add a new key-encrypting key and re-wrap every card's data key")
+    rotate.add_argument("--data-dir")
+    rotate.add_argument("--wait", action="store_true", help="print progress until the re-wrap is done")
+    rotate.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most")
+    rotate.set_defaults(func=cmd_vault_rotate_key)
+    vstatus = vsub.add_parser("status", help="active key version and cards per key version")
+    vstatus.add_argument("--data-dir")
+    vstatus.set_defaults(func=cmd_vault_status)
+
+    from actors.reconciler.cli import add_reconcile_parser  # `paygate reconcile`
+
+    add_reconcile_parser(sub)
+
+    from cluster.bench.cli import add_bench_parser  # `paygate bench`
+
+    add_bench_parser(sub)
     return parser
 
 

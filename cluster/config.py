@@ -52,6 +52,7 @@ class Config:
     acquirer_timeout_s: float = 10.0
     bank_latency_ms: int = 0
     log_level: str = "INFO"
+    fraud_scorers: int = 1
     outbox_relays: int = 1
     outbox_republish_s: float = 30.0
     webhook_dispatchers: int = 1
@@ -189,6 +190,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         acquirer_timeout_s=_float(env, "PAYGATE_ACQUIRER_TIMEOUT", 10.0, 0.05, 600),
         bank_latency_ms=_int(env, "PAYGATE_BANK_LATENCY_MS", 0, 0, 60_000),
         log_level=log_level,
+        fraud_scorers=_int(env, "PAYGATE_FRAUD_SCORERS", 1, 1, 64),
         outbox_relays=_int(env, "PAYGATE_OUTBOX_RELAYS", 1, 1, 64),
         outbox_republish_s=_float(env, "PAYGATE_OUTBOX_REPUBLISH_S", 30.0, 0.5, 86400),
         webhook_dispatchers=_int(env, "PAYGATE_WEBHOOK_DISPATCHERS", 1, 1, 64),

@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +112,13 @@ class EmbeddedPostgres:
         query = f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"
         base = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
                 "-tAc"]
-        found = subprocess.run([*base, query], check=True, capture_output=True, text=True).stdout.strip()
+        for _ in range(100):  # it listens a moment before it accepts: "the database system is starting up"
+            probe = subprocess.run([*base, query], capture_output=True, text=True)
+            if probe.returncode == 0 or "starting up" not in probe.stderr:
+                break
+            time.sleep(0.1)
+        probe.check_returncode()
+        found = probe.stdout.strip()
         if found != "1":
             subprocess.run([*base, f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True)
 

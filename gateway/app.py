@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from actors.batching import Batcher
 from actors.registry import CARD_VAULT, RATE_LIMITER, shard_name, system_actors
 from cluster.config import Config
 from cluster.db import create_pool
@@ -61,6 +62,7 @@ def create_app(config: Config) -> Starlette:
             rate=RateLimitClient(actors[RATE_LIMITER], config.rate_limit_per_s),
             admin_key=read_admin_key(config), actors=actors,
             shards=[actors[shard_name(i)] for i in range(config.shards)], vault=actors[CARD_VAULT],
+            tokenizer=Batcher(lambda requests: actors[CARD_VAULT].tokenize_many.remote(requests)),
         )
         log.info("gateway ready on %s", config.base_url)
         try:

@@ -23,3 +23,4 @@ class GatewayState:
     shards: list[Any] = field(default_factory=list)
     shard_batchers: dict[int, Any] = field(default_factory=dict)
     vault: Any = None
+    tokenizer: Any = None  # Batcher in front of the vault's tokenize_many

@@ -9,6 +9,7 @@ from typing import Any
 
 from actors.errors import InvalidRequest
 from actors.payments.money import MAX_AMOUNT, currency, format_amount
+from cluster.logs import redact
 from gateway.params import Params
 
 METADATA_MAX_KEYS = 50
@@ -71,7 +72,7 @@ def string(params: Params, name: str, max_length: int, choices: Iterable[str] | 
         options = ", ".join(choices)
         raise InvalidRequest(f"Invalid {name}: must be one of {options}", code="parameter_invalid_string",
                              param=name)
-    return raw
+    return redact(raw)  # free text is stored and sent in events: a card number in it is masked
 
 
 def amount_and_currency(params: Params) -> tuple[int, str]:
@@ -113,7 +114,7 @@ def metadata(params: Params) -> dict[str, str]:
             raise InvalidRequest(f"Metadata values can have up to {METADATA_VALUE_MAX} characters.",
                                  code="parameter_invalid_string", param=f"metadata[{key}]")
         if text:
-            result[key] = text
+            result[redact(key)] = redact(text)
     return result
 
 

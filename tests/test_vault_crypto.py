@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from actors.ids import BASE62_ALPHABET
 from actors.vault.crypto import (
-    BASE62,
     FINGERPRINT_ENV,
     KEK_ENV,
     KeyRing,
@@ -190,7 +190,7 @@ def test_unknown_kek_version_is_a_key_ring_error(ring: KeyRing, tmp_path: Path) 
 def test_fingerprint_is_16_base62_chars_stable_and_keyed() -> None:
     key, other_key = b"\x07" * 32, b"\x08" * 32
     value = fingerprint("4242424242424242", key)
-    assert len(value) == 16 and set(value) <= set(BASE62)
+    assert len(value) == 16 and set(value) <= set(BASE62_ALPHABET)
     assert fingerprint("4242424242424242", key) == value
     assert fingerprint("4000056655665556", key) != value
     assert fingerprint("4242424242424242", other_key) != value

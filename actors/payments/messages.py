@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 Verb = Literal["create", "confirm", "capture", "cancel", "refund"]
 
@@ -47,24 +47,3 @@ class Reply:
     status: int
     body: bytes
     replayed: bool = False
-
-
-@dataclass(frozen=True)
-class ApiFailure:
-    """A Stripe-shaped error decided inside an actor (the gateway renders it)."""
-
-    status: int
-    type: str
-    message: str
-    code: str | None = None
-    param: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"type": self.type, "message": self.message}
-        if self.code:
-            error["code"] = self.code
-        if self.param:
-            error["param"] = self.param
-        error.update(self.extra)
-        return {"error": error}

@@ -61,6 +61,20 @@ def failure(error: StripeError) -> Reply:
     return Reply(error.status, error.body_bytes())
 
 
+async def book_capture(conn: asyncpg.Connection, row: asyncpg.Record, changes: dict[str, Any],
+                       bank: dict[str, Any]) -> asyncpg.Record:
+    """Book a capture the bank has made (the pending amount): the transition to `succeeded`, the
+    double entry and the events. The one place this is written, whoever learnt of the capture
+    (the bank's answer, or the reconciler from the settlement file)."""
+    amount = row["pending_amount"]
+    row = await store.transition(conn, row, "captured", {
+        **changes, "bank_phase": None, "processing_since": None, "amount_received": amount,
+        "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None,
+    }, events=["payment_intent.succeeded", "charge.captured"], bank=bank)
+    await store.write_ledger(conn, row, [("acquirer_receivable", amount), ("merchant_balance", -amount)], "capture")
+    return row
+
+
 class Operations:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
@@ -218,13 +232,7 @@ class Operations:
             if auth_raw is not None:
                 await store.append_event(conn, row, "charge.authorized", "processing", auth_raw)
             if outcome.status == "approved":
-                amount = row["pending_amount"]
-                row = await store.transition(conn, row, "captured", {
-                    **(approval or {}), "bank_phase": None, "processing_since": None, "amount_received": amount,
-                    "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None,
-                }, events=["payment_intent.succeeded", "charge.captured"], bank=_raw(outcome))
-                await store.write_ledger(conn, row, [("acquirer_receivable", amount), ("merchant_balance", -amount)],
-                                         "capture")
+                row = await book_capture(conn, row, approval or {}, _raw(outcome))
                 reply = ok(row)
             else:
                 row = await store.transition(conn, row, "capture_failed", {

@@ -36,8 +36,8 @@ def refund_object(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _outbox(conn: asyncpg.Connection, refund: asyncpg.Record, types: list[str],
-                  payment: asyncpg.Record | None = None) -> None:
+async def refund_outbox(conn: asyncpg.Connection, refund: asyncpg.Record, types: list[str],
+                        payment: asyncpg.Record | None = None) -> None:
     obj = refund_object(refund)
     events = [event_object(t, obj) for t in types]
     if payment is not None:
@@ -48,6 +48,24 @@ async def _outbox(conn: asyncpg.Connection, refund: asyncpg.Record, types: list[
         "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) VALUES ($1,$2,$3,$4,$5,$6)",
         # Keyed by the payment, like its own events: one payment's events stay in order end to end.
         [(e["id"], refund["merchant_id"], e["type"], refund["payment_id"], e, e["created"]) for e in events])
+
+
+async def book_refund(conn: asyncpg.Connection, refund: asyncpg.Record,
+                      bank: dict[str, Any]) -> tuple[asyncpg.Record, asyncpg.Record]:
+    """Book a refund the bank has made: the refund, the payment's refunded amount, the audit event,
+    the double entry and the events. The one place this is written, whoever learnt of the refund
+    (the bank's answer, or the reconciler from the settlement file)."""
+    refund = await conn.fetchrow(
+        "UPDATE refunds SET status = 'succeeded', updated_at = now() WHERE id = $1 AND status = 'pending' "
+        "RETURNING *", refund["id"])
+    payment = await conn.fetchrow(
+        "UPDATE payment_orders SET amount_refunded = amount_refunded + $2, version = version + 1 "
+        "WHERE id = $1 RETURNING *", refund["payment_id"], refund["amount"])
+    await store.append_event(conn, payment, "refund.succeeded", payment["status"], {"refund": refund["id"], **bank})
+    await store.write_ledger(conn, payment, [("merchant_balance", refund["amount"]),
+                                             ("acquirer_receivable", -refund["amount"])], f"refund {refund['id']}")
+    await refund_outbox(conn, refund, ["refund.updated"], payment=payment)
+    return refund, payment
 
 
 class Refunds:
@@ -74,7 +92,7 @@ class Refunds:
                 payment["currency"], cmd.refund_reason, cmd.metadata, stan, rrn, int(time.time()))
             await store.append_event(conn, payment, "refund.created", payment["status"],
                                      {"refund": refund["id"], "amount": amount})
-            await _outbox(conn, refund, ["refund.created"])
+            await refund_outbox(conn, refund, ["refund.created"])
             await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, refund["id"])
         return await self._settle(cmd, refund)
 
@@ -125,18 +143,7 @@ class Refunds:
 
     async def _succeeded(self, conn: asyncpg.Connection, refund: asyncpg.Record,
                          outcome: BankOutcome) -> tuple[asyncpg.Record, asyncpg.Record]:
-        refund = await conn.fetchrow(
-            "UPDATE refunds SET status = 'succeeded', updated_at = now() WHERE id = $1 AND status = 'pending' "
-            "RETURNING *", refund["id"])
-        payment = await conn.fetchrow(
-            "UPDATE payment_orders SET amount_refunded = amount_refunded + $2, version = version + 1 "
-            "WHERE id = $1 RETURNING *", refund["payment_id"], refund["amount"])
-        await store.append_event(conn, payment, "refund.succeeded", payment["status"],
-                                 {"refund": refund["id"], **(outcome.response.raw if outcome.response else {})})
-        await store.write_ledger(conn, payment, [("merchant_balance", refund["amount"]),
-                                                 ("acquirer_receivable", -refund["amount"])], f"refund {refund['id']}")
-        await _outbox(conn, refund, ["refund.updated"], payment=payment)
-        return refund, payment
+        return await book_refund(conn, refund, dict(outcome.response.raw) if outcome.response else {})
 
     async def _failed(self, conn: asyncpg.Connection, refund: asyncpg.Record,
                       outcome: BankOutcome) -> asyncpg.Record:
@@ -147,11 +154,11 @@ class Refunds:
         payment = await conn.fetchrow("SELECT * FROM payment_orders WHERE id = $1", refund["payment_id"])
         await store.append_event(conn, payment, "refund.failed", payment["status"],
                                  {"refund": refund["id"], **(outcome.response.raw if outcome.response else {})})
-        await _outbox(conn, refund, ["refund.failed"])
+        await refund_outbox(conn, refund, ["refund.failed"])
         return refund
 
     async def resolve_pending(self, refund: asyncpg.Record) -> Reply:
         return await self._settle(None, refund)
 
 
-__all__ = ["Refunds", "failure", "refund_object"]
+__all__ = ["Refunds", "book_refund", "failure", "refund_object", "refund_outbox"]

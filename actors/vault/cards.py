@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from actors.errors import CardError as StripeCardError
+from cluster.logs import luhn_valid  # one Luhn check, shared with the log redaction
 
 # A Stripe-compatible card_error: (code, param, message). Messages are Stripe's wording.
 _MESSAGES = {
@@ -98,16 +99,6 @@ def detect_brand(number: str) -> str | None:
         return None
     brand = _brand_of(number)
     return brand.name if brand else None
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
 
 
 def _is_ascii_digits(value: str) -> bool:

@@ -33,13 +33,14 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from actors.ids import base62
+
 KEK_ENV = "PAYGATE_VAULT_KEK"
 FINGERPRINT_ENV = "PAYGATE_FINGERPRINT_KEY"
 KEY_BYTES = 32
 NONCE_BYTES = 12  # the GCM standard nonce; random nonces are safe here because each data key is single-use
 _DATA_LABEL = b"paygate/vault/card-data/v1"
 _WRAP_LABEL = b"paygate/vault/data-key/v1"
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # ASCII order: sorts as numbers
 FINGERPRINT_CHARS = 16
 
 
@@ -296,15 +297,6 @@ def rewrap(sealed: Sealed, aad: bytes, ring: KeyRing) -> Sealed:
 
 
 # --- fingerprints ---------------------------------------------------------------------------
-
-def base62(number: int, width: int) -> str:
-    """`number` in base 62, left-padded to `width` (the high digits are dropped beyond it)."""
-    chars = []
-    for _ in range(width):
-        number, digit = divmod(number, 62)
-        chars.append(BASE62[digit])
-    return "".join(reversed(chars))
-
 
 def fingerprint(pan: str, key: bytes) -> str:
     """Keyed fingerprint (HMAC-SHA256), 16 base62 characters like Stripe's: same card, same value.

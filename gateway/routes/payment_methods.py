@@ -42,7 +42,8 @@ async def create(call: Call) -> Response:
         billing = p.get("billing_details") or {}
         if not isinstance(billing, dict) or any(k not in _BILLING_FIELDS for k in billing):
             raise InvalidRequest("Invalid billing_details.", code="parameter_unknown", param="billing_details")
-        payment_method = await call.state.vault.tokenize.remote(call.merchant_id, card, billing, v.metadata(p))
+        payment_method = await call.state.tokenizer.call(
+            {"merchant_id": call.merchant_id, "card": card, "billing_details": billing, "metadata": v.metadata(p)})
     except VaultCardError as error:
         raise _card_error(error) from None
     return JSONResponse(payment_method)

@@ -1,0 +1,131 @@
+"""Resource use while the load runs, sampled once a second in a thread: the whole stack's memory
+(sum of RSS over its process tree: PostgreSQL, broker, banksim, Ray, gateway) and CPU time, the
+machine's CPU use, and the client's own CPU (load generator and webhook receiver), so a result
+can be read honestly on a machine the client shares with the system under test.
+
+The sum of RSS counts shared pages (PostgreSQL's shared buffers) once per process that touched
+them, so it over-states; the PSS sum (proportional share) is sampled alongside every 5 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class Usage:
+    peak_rss_bytes: int = 0
+    peak_pss_bytes: int = 0
+    processes: int = 0
+    stack_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0  # the bench's own process(es), measured around the load window
+    machine_cpu_pct: list[float] = field(default_factory=list)
+    rss_timeline: list[int] = field(default_factory=list)
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid listening on a local TCP port (to find a running stack's process tree)."""
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return int(conn.pid)
+    except psutil.AccessDenied:
+        return None
+    return None
+
+
+def stack_root(gateway_pid: int) -> int:
+    """The process that started the gateway (`paygate up`, or a test session) owns the whole stack."""
+    parent = psutil.Process(gateway_pid).ppid()
+    return parent if parent > 1 else gateway_pid
+
+
+class StackMonitor:
+    """Samples the tree under `root_pid`, minus `exclude` (the bench's own helper processes) and
+    the bench process itself when the stack was started in-process."""
+
+    def __init__(self, root_pid: int | None, exclude: set[int], interval_s: float = 1.0) -> None:
+        self.root_pid, self.exclude, self.interval_s = root_pid, exclude, interval_s
+        self.usage = Usage()
+        self._cpu: dict[int, float] = {}
+        self._cpu_start: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._marked = False
+        self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
+
+    def start(self) -> StackMonitor:
+        psutil.cpu_percent(None)
+        if self.root_pid is not None:
+            self._sample(pss=True)
+            self._cpu_start = dict(self._cpu)
+            self._thread.start()
+        return self
+
+    def mark_load_end(self) -> None:
+        """The stack's CPU is counted over the load window; memory keeps being sampled (the drain)."""
+        if self._thread.is_alive():
+            self._sample(pss=False)
+        self.usage.stack_cpu_s = round(sum(self._cpu.values()) - sum(self._cpu_start.values()), 2)
+        self._marked = True
+
+    def stop(self) -> Usage:
+        if not self._marked:
+            self.mark_load_end()
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        return self.usage
+
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.wait(self.interval_s):
+            tick += 1
+            self._sample(pss=tick % 5 == 0)
+            self.usage.machine_cpu_pct.append(psutil.cpu_percent(None))
+
+    def _processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.root_pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        skip = set(self.exclude)
+        for pid in list(self.exclude):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                skip.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        skip.add(os.getpid())  # the bench itself (the stack's parent when it runs in-process), not its children
+        return [p for p in tree if p.pid not in skip]
+
+    def _sample(self, pss: bool) -> None:
+        rss = pss_total = 0
+        processes = self._processes()
+        for process in processes:
+            try:
+                with process.oneshot():
+                    rss += process.memory_info().rss
+                    times = process.cpu_times()
+                    self._cpu[process.pid] = times.user + times.system  # a dead process keeps its last value
+                if pss:
+                    pss_total += getattr(process.memory_full_info(), "pss", 0)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        usage = self.usage
+        usage.rss_timeline.append(rss)
+        usage.peak_rss_bytes = max(usage.peak_rss_bytes, rss)
+        usage.peak_pss_bytes = max(usage.peak_pss_bytes, pss_total)
+        usage.processes = max(usage.processes, len(processes))
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
