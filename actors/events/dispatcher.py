@@ -50,6 +50,15 @@ class RetryPolicy:
         return base * random.uniform(1.0, 1.25)
 
 
+def _routing(message: Any) -> dict[str, str]:
+    """An event's id and type, from the relay's headers (or the body, for messages without them)."""
+    headers = {key: value.decode() for key, value in (message.headers or ())}
+    if "event_id" in headers and "type" in headers:
+        return {"id": headers["event_id"], "type": headers["type"]}
+    event = json.loads(message.value)
+    return {"id": event["id"], "type": event["type"]}
+
+
 class WebhookDispatcher:
     def __init__(self, index: int, ledger_dsn: str, bootstrap: str, policy: RetryPolicy,
                  concurrency: int = 64) -> None:
@@ -91,7 +100,7 @@ class WebhookDispatcher:
                     batches = await consumer.getmany(timeout_ms=200, max_records=500)
                     messages = [m for batch in batches.values() for m in batch]
                     if messages:
-                        await self.record_deliveries([json.loads(m.value) for m in messages])
+                        await self.record_deliveries([_routing(m) for m in messages])
                         await consumer.commit()
                         self.counters["consumed"] += len(messages)
             except asyncio.CancelledError:
@@ -164,12 +173,12 @@ class WebhookDispatcher:
             "WHERE d.id = due.id "
             "RETURNING d.*, (SELECT url FROM webhook_endpoints w WHERE w.id = d.endpoint_id) AS url, "
             "(SELECT secret FROM webhook_endpoints w WHERE w.id = d.endpoint_id) AS secret, "
-            "(SELECT payload FROM outbox_events o WHERE o.id = d.event_id) AS payload",
+            "(SELECT payload::text FROM outbox_events o WHERE o.id = d.event_id) AS payload",
             limit, self.policy.lease_s)
 
     async def _deliver(self, delivery: asyncpg.Record) -> None:
         assert self.http is not None
-        body = json.dumps(delivery["payload"], separators=(",", ":")).encode()
+        body = delivery["payload"].encode()
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "paygate-webhooks/1",
                    "Stripe-Signature": sign(body, delivery["secret"])}
         started = time.perf_counter()

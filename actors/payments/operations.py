@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -43,6 +43,7 @@ class Ports:
     vault: Any
     link: Any
     risk: RiskAssessor
+    bank_ids: store.BankIds = field(default_factory=store.BankIds)
 
 
 def unexpected_state(row: asyncpg.Record, action: str) -> InvalidRequest:
@@ -128,7 +129,7 @@ class Operations:
         """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
         capture gets its completion's ids now too, so approval leads straight to the capture."""
         automatic = row["capture_method"] == "automatic"
-        ids = await store.next_bank_ids(conn, 2 if automatic else 1)
+        ids = await self.ports.bank_ids.take(conn, 2 if automatic else 1)
         (stan, rrn), capture = ids[0], ids[1] if automatic else (None, None)
         return await store.transition(conn, row, "confirm", {
             "payment_method": card["id"], "bank_phase": "authorizing", "auth_stan": stan, "auth_rrn": rrn,
@@ -213,7 +214,7 @@ class Operations:
                 f"The amount to capture ({amount}) is greater than the amount capturable "
                 f"({row['amount_capturable']}).", code="amount_too_large", param="amount_to_capture")
         async with self.ports.pool.acquire() as conn, conn.transaction():
-            [(stan, rrn)] = await store.next_bank_ids(conn)
+            [(stan, rrn)] = await self.ports.bank_ids.take(conn)
             await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
             row = await store.transition(conn, row, "capture", {
                 "bank_phase": "capturing", "pending_stan": stan, "pending_rrn": rrn, "pending_amount": amount,
@@ -262,7 +263,7 @@ class Operations:
         if row["status"] != "requires_capture":
             raise unexpected_state(row, "cancel")
         async with self.ports.pool.acquire() as conn, conn.transaction():
-            [(stan, _)] = await store.next_bank_ids(conn)
+            [(stan, _)] = await self.ports.bank_ids.take(conn)
             await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
             row = await store.transition(conn, row, "cancel", {
                 "bank_phase": "reversing", "pending_stan": stan, "pending_rrn": row["auth_rrn"],

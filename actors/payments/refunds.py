@@ -84,7 +84,7 @@ class Refunds:
             if payment is None:
                 raise NotFound("payment_intent", cmd.payment_id, param="payment_intent")
             amount = await self._refundable(conn, payment, cmd.amount)
-            [(stan, rrn)] = await store.next_bank_ids(conn)
+            [(stan, rrn)] = await self.ports.bank_ids.take(conn)
             refund = await conn.fetchrow(
                 "INSERT INTO refunds (id, merchant_id, payment_id, charge_id, amount, currency, status, reason, "
                 "metadata, stan, rrn, created) VALUES ($1,$2,$3,$4,$5,$6,'pending',$7,$8,$9,$10,$11) RETURNING *",
