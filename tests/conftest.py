@@ -4,11 +4,13 @@ fresh merchant per test for isolation."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from cluster.config import load_config
@@ -47,6 +49,19 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
     stack.start()
     yield stack
     stack.stop()
+    _assert_no_orphans()
+
+
+def _assert_no_orphans(grace_s: float = 15.0) -> None:
+    """Every process the stack started (databases, broker, bank, Ray, gateway) is gone."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [p for p in psutil.Process().children(recursive=True)
+                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not alive, f"processes left after the stack stopped: {[(p.pid, p.name()) for p in alive]}"
 
 
 @pytest.fixture(scope="session")
