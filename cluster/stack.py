@@ -155,6 +155,9 @@ class LocalStack:
                      log_to_driver=False, logging_level=logging.WARNING, runtime_env=self._runtime_env())
         else:
             self._say("starting Ray (local)")
+            # Ray runs its workers at nice 15 by default; here every actor is on the request path
+            # and competes with PostgreSQL and the gateway, so they run at normal priority.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(namespace=self.config.ray_namespace, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, num_cpus=max(2, os.cpu_count() or 2),
                      runtime_env=self._runtime_env())

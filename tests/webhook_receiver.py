@@ -23,6 +23,11 @@ class Delivery:
     received_at: float
 
 
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # many deliveries connect at once: the default backlog of 5 drops them
+
 @dataclass
 class Receiver:
     secrets: dict[str, str] = field(default_factory=dict)  # path -> whsec_
@@ -58,7 +63,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver.lock:
                     number = receiver.attempts[self.path] = receiver.attempts.get(self.path, 0) + 1
@@ -84,8 +89,7 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

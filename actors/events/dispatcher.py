@@ -208,8 +208,10 @@ class WebhookDispatcher:
                     "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, "
                     "delivered_at = now(), "
                     "last_status_code = $2, last_error = NULL WHERE id = $1", delivery["id"], status)
-                await conn.execute("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1",
-                                   delivery["endpoint_id"])
+                # Only a recovering endpoint is written: a row lock taken on every success would
+                # serialise all of one endpoint's deliveries.
+                await conn.execute("UPDATE webhook_endpoints SET failing_since = NULL "
+                                   "WHERE id = $1 AND failing_since IS NOT NULL", delivery["endpoint_id"])
                 self.counters["delivered"] += 1
                 return
             self.counters["failed_attempts"] += 1
@@ -233,7 +235,7 @@ class WebhookDispatcher:
             "first_failed_at = coalesce(first_failed_at, now()), "
             "next_attempt_at = now() + make_interval(secs => $5) WHERE id = $1",
             delivery["id"], attempts, status, error, self.policy.next_delay(attempts))
-        await conn.execute("UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()) WHERE id = $1",
-                           delivery["endpoint_id"])
+        await conn.execute("UPDATE webhook_endpoints SET failing_since = now() "
+                           "WHERE id = $1 AND failing_since IS NULL", delivery["endpoint_id"])
 
 WebhookDispatcherActor = ray.remote(WebhookDispatcher)
