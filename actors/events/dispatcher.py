@@ -14,6 +14,7 @@ endpoint and payment is still pending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -68,6 +69,9 @@ class WebhookDispatcher:
         self.http: httpx.AsyncClient | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.counters = {"consumed": 0, "delivered": 0, "failed_attempts": 0}
+        # Set when there may be new work (deliveries recorded, a slot freed, the next event of a
+        # payment unblocked): the delivery loop wakes at once instead of at its next poll.
+        self.wakeup = asyncio.Event()
         self._starting = asyncio.Lock()
         autostart(self.start, f"webhook dispatcher {index}")
 
@@ -102,6 +106,7 @@ class WebhookDispatcher:
                     if messages:
                         await self.record_deliveries([_routing(m) for m in messages])
                         await consumer.commit()
+                        self.wakeup.set()
                         self.counters["consumed"] += len(messages)
             except asyncio.CancelledError:
                 raise
@@ -149,14 +154,24 @@ class WebhookDispatcher:
                 for delivery in due:
                     task = asyncio.get_running_loop().create_task(self._deliver(delivery))
                     in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(self._finished(in_flight))
                 if not due:
-                    await asyncio.sleep(0.05)
+                    # Retries fall due with time alone, so poll too, but rarely.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wakeup.wait(), 0.25)
+                    self.wakeup.clear()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("webhook delivery loop: %s", error)
                 await asyncio.sleep(1.0)
+
+    def _finished(self, in_flight: set[asyncio.Task[None]]) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self.wakeup.set()
+
+        return done
 
     async def _claim_due(self, limit: int) -> list[asyncpg.Record]:
         """Lease due deliveries whose predecessors (same endpoint and payment) are all done."""
