@@ -46,9 +46,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         stopping.set()
 
+    def interrupt_start(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # start() stops what it has started, then re-raises
+
+    signal.signal(signal.SIGTERM, interrupt_start)
+    info = stack.start()
+    # After start(): ray.init installs its own SIGTERM handler, which would exit without stopping.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    info = stack.start()
     print(
         "\npaygate is up\n"
         f"  URL          {info.base_url}\n"
@@ -61,13 +66,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         "\nPress Ctrl-C to stop.",
         flush=True,
     )
-    while not stopping.wait(0.5):
-        if stack.gateway and not stack.gateway.alive():
-            print("paygate: the gateway process exited; stopping", file=sys.stderr)
-            break
-    print("\npaygate: stopping…", flush=True)
-    stack.stop()
-    print("paygate: stopped", flush=True)
+    try:
+        while not stopping.wait(0.5):
+            if stack.gateway and not stack.gateway.alive():
+                print("paygate: the gateway process exited; stopping", file=sys.stderr)
+                break
+    finally:
+        print("\npaygate: stopping…", flush=True)
+        stack.stop()
+        print("paygate: stopped", flush=True)
     return 0
 
 

@@ -79,8 +79,12 @@ class EmbeddedPostgres:
         argv = [pg_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                 "-k", str(self.data_dir), *_SERVER_SETTINGS]
         self.process = ChildProcess(f"postgres-{self.name}", argv, self.log_path, user=user).start()
-        self.process.wait_listening("127.0.0.1", self.port, timeout=60)
-        self._ensure_database(user)
+        try:
+            self.process.wait_listening("127.0.0.1", self.port, timeout=60)
+            self._ensure_database(user)
+        except BaseException:
+            self.stop()  # a server we started and cannot use must not outlive us
+            raise
         return self
 
     def _initdb(self, user: str | None) -> None:

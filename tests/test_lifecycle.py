@@ -38,8 +38,8 @@ def _start_up(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str, li
     raise AssertionError("paygate up did not come up:\n" + "".join(output[-40:]))
 
 
-def _stop(proc: subprocess.Popen[str], descendants: list[psutil.Process]) -> None:
-    proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen[str], descendants: list[psutil.Process], sig: int = signal.SIGINT) -> None:
+    proc.send_signal(sig)
     assert proc.wait(120) == 0
     time.sleep(1)
     alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -68,4 +68,4 @@ def test_restart_keeps_merchants_and_leaves_no_orphans(tmp_path: Path) -> None:
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/payment_intents", auth=(merchant_key, ""))
         assert listed.status_code == 200, listed.text
     finally:
-        _stop(proc, descendants)
+        _stop(proc, descendants, signal.SIGTERM)  # as a service manager stops it

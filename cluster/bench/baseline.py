@@ -68,7 +68,7 @@ async def _open_loop(url: str, rate: float, seconds: float, concurrency: int) ->
                          [merchant], driver)
     pool.close()
     return {"rate": rate, "seconds": round(result.wall_s, 2), "client_cpu_s": round(result.client_cpu_s, 2),
-            "errors": sum(driver.recorder.errors.values()), **driver.recorder.overall.summary(result.wall_s)}
+            "errors": sum(driver.recorder.errors.values()), **_summary(driver.recorder, result.wall_s)}
 
 
 async def _closed_loop(url: str, seconds: float, workers: int) -> dict[str, Any]:
@@ -89,9 +89,14 @@ async def _closed_loop(url: str, seconds: float, workers: int) -> dict[str, Any]
     await asyncio.gather(*(worker(i) for i in range(workers)))
     wall = loop.time() - started
     pool.close()
-    summary = driver.recorder.overall.summary(wall)
+    summary = _summary(driver.recorder, wall)
     return {"workers": workers, "seconds": round(wall, 2), "client_cpu_s": round(time.process_time() - cpu0, 2),
             "errors": sum(driver.recorder.errors.values()), **summary}
+
+
+def _summary(recorder: Recorder, seconds: float) -> dict[str, Any]:
+    stats = recorder.endpoints.get(LABEL) or recorder.overall
+    return stats.summary(seconds)
 
 
 def pgbench(dsn: str, clients: int = 4, seconds: int = 5) -> dict[str, Any]:

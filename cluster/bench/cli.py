@@ -10,6 +10,11 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the heavy modules load only when a bench runs, not for `paygate --help`
+    from cluster.bench.launch import Target
+    from cluster.bench.runner import BenchOptions
 
 SCENARIO_NAMES = ("checkout", "auth-capture", "refund-mix", "decline-mix", "idempotent-retry")
 
@@ -37,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds the audit waits for the stack to drain (default: 120, or 3x the run if longer)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as timed out")
     p.add_argument("--webhook-host", default="127.0.0.1", help="address the stack reaches the bench's receiver at")
+    p.add_argument("--idle-probe", type=float, default=3.0,
+                   help="seconds to measure the stack's CPU with no load before the run (0: skip; default 3)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep-data", action="store_true", help="keep the local stack's temporary data dir")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -50,7 +57,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     bench.set_defaults(func=cmd_bench)
 
 
-def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _target(args: argparse.Namespace) -> Target | None:
     from urllib.parse import urlsplit
 
     from cluster.bench.launch import Target, running_stack
@@ -72,7 +79,7 @@ def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                   stack_pid=stack_root(pid) if pid else None)
 
 
-def options_from(args: argparse.Namespace, argv: list[str] | None = None):  # type: ignore[no-untyped-def]
+def options_from(args: argparse.Namespace, argv: list[str] | None = None) -> BenchOptions:
     from cluster.bench.runner import BenchOptions
 
     if args.rate <= 0 or args.concurrency < 1 or args.merchants < 1 or (args.count is not None and args.count < 1):
@@ -82,6 +89,7 @@ def options_from(args: argparse.Namespace, argv: list[str] | None = None):  # ty
         concurrency=args.concurrency, merchants=args.merchants, bank_latency_ms=args.bank_latency_ms,
         results_dir=args.results, audit=not args.no_audit, baseline=args.baseline, webhooks=not args.no_webhooks,
         drain_timeout_s=args.drain_timeout, request_timeout_s=args.timeout, seed=args.seed,
+        idle_probe_s=args.idle_probe,
         progress=not args.quiet, keep_data=args.keep_data, webhook_host=args.webhook_host,
         command=shlex.join(["paygate", "bench", *(argv if argv is not None else sys.argv[2:])]),
     )

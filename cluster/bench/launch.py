@@ -52,6 +52,7 @@ class LaunchedStack:
         self.extra_env = env or {}
         self.data_dir = Path(tempfile.mkdtemp(prefix="paygate-bench-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.leftovers: list[str] = []
 
     def _env(self, port: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PAYGATE_DATA_DIR", "PAYGATE_HTTP_PORT")}
@@ -74,6 +75,7 @@ class LaunchedStack:
                 errors.append(str(error))
                 self._stop_process()
                 self._stop_orphan_postgres()
+                self._stop_leftovers()
         raise LaunchError("the local stack did not start:\n" + "\n---\n".join(errors))
 
     def _start_once(self) -> Target:
@@ -110,9 +112,11 @@ class LaunchedStack:
     def _stop_process(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # `paygate up` stops its children in order
+        # Ctrl-C: `paygate up` then stops its children in order. (Not SIGTERM: `ray.init` replaces the
+        # driver's SIGTERM handler with one that just exits, which would orphan the children.)
+        self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(90)
+            self.proc.wait(120)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -130,9 +134,29 @@ class LaunchedStack:
                     os.kill(pid, 0)
                     time.sleep(0.1)
 
+    def _stop_leftovers(self) -> list[str]:
+        """Whatever still runs with this stack's data dir in its environment was started by it: stop it."""
+        mine = []
+        for process in psutil.process_iter(["pid", "name"]):
+            with contextlib.suppress(psutil.Error):
+                if process.pid != os.getpid() and process.environ().get("PAYGATE_DATA_DIR") == str(self.data_dir):
+                    mine.append(process)
+        for process in mine:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(mine, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        return [f"{p.info['name']}[{p.pid}]" for p in mine]
+
     def stop(self) -> None:
         self._stop_process()
         self._stop_orphan_postgres()
+        self.leftovers = self._stop_leftovers()
+        if self.leftovers:
+            print(f"paygate bench: warning: `paygate up` left {len(self.leftovers)} process(es) running after it "
+                  f"stopped ({', '.join(self.leftovers[:8])}); stopped them", file=sys.stderr, flush=True)
         if not self.keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

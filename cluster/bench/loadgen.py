@@ -36,8 +36,8 @@ class Driver:
             if creates:
                 self.book.unacknowledged_creates += 1
             return None
-        error = None if response.status in ok else f"{response.status} {error_code(response.body)}"
-        self.recorder.request(label, t, self.loop.time(), str(response.status), error)
+        failure = None if response.status in ok else f"{response.status} {error_code(response.body)}"
+        self.recorder.request(label, t, self.loop.time(), str(response.status), failure)
         return response
 
     def amount(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -24,7 +25,11 @@ class Usage:
     processes: int = 0
     stack_cpu_s: float = 0.0
     client_cpu_s: float = 0.0  # the bench's own process(es), measured around the load window
+    window_s: float = 0.0  # monitor start to the end of the load
+    idle_cores: float | None = None  # CPU the stack used with no load, in cores
+    machine_busy_cpu_s: float = 0.0  # all cores, everything running on the machine, over the load window
     machine_cpu_pct: list[float] = field(default_factory=list)
+    cpu_by_component: dict[str, float] = field(default_factory=dict)  # over the load window: where the time goes
     rss_timeline: list[int] = field(default_factory=list)
 
 
@@ -54,23 +59,44 @@ class StackMonitor:
         self.usage = Usage()
         self._cpu: dict[int, float] = {}
         self._cpu_start: dict[int, float] = {}
+        self._names: dict[int, str] = {}
         self._stop = threading.Event()
         self._marked = False
         self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
 
     def start(self) -> StackMonitor:
         psutil.cpu_percent(None)
+        self._machine0, self._t0 = psutil.cpu_times(), time.monotonic()
         if self.root_pid is not None:
             self._sample(pss=True)
             self._cpu_start = dict(self._cpu)
             self._thread.start()
         return self
 
+    def idle_probe(self, seconds: float) -> float | None:
+        """The stack's CPU use (cores) with no load at all: its polling loops and timers."""
+        if self.root_pid is None or seconds <= 0:
+            return None
+        self._sample(pss=False)
+        before, started = sum(self._cpu.values()), time.monotonic()
+        time.sleep(seconds)
+        self._sample(pss=False)
+        self.usage.idle_cores = round((sum(self._cpu.values()) - before) / (time.monotonic() - started), 3)
+        return self.usage.idle_cores
+
     def mark_load_end(self) -> None:
         """The stack's CPU is counted over the load window; memory keeps being sampled (the drain)."""
         if self._thread.is_alive():
             self._sample(pss=False)
         self.usage.stack_cpu_s = round(sum(self._cpu.values()) - sum(self._cpu_start.values()), 2)
+        self.usage.machine_busy_cpu_s = round(_busy(psutil.cpu_times()) - _busy(self._machine0), 2)
+        self.usage.window_s = time.monotonic() - self._t0
+        by_component: dict[str, float] = {}
+        for pid, total in self._cpu.items():
+            name = self._names.get(pid, "?")
+            by_component[name] = by_component.get(name, 0.0) + total - self._cpu_start.get(pid, 0.0)
+        self.usage.cpu_by_component = {k: round(v, 2) for k, v in sorted(by_component.items(), key=lambda kv: -kv[1])
+                                       if v >= 0.01}
         self._marked = True
 
     def stop(self) -> Usage:
@@ -110,6 +136,8 @@ class StackMonitor:
                     rss += process.memory_info().rss
                     times = process.cpu_times()
                     self._cpu[process.pid] = times.user + times.system  # a dead process keeps its last value
+                    if self._names.get(process.pid, "ray::IDLE") == "ray::IDLE":  # idle workers become actors
+                        self._names[process.pid] = component(process)
                 if pss:
                     pss_total += getattr(process.memory_full_info(), "pss", 0)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -119,6 +147,33 @@ class StackMonitor:
         usage.peak_rss_bytes = max(usage.peak_rss_bytes, rss)
         usage.peak_pss_bytes = max(usage.peak_pss_bytes, pss_total)
         usage.processes = max(usage.processes, len(processes))
+
+
+def component(process: psutil.Process) -> str:
+    """What part of the stack a process is: its Ray actor class, which PostgreSQL, which module."""
+    try:
+        cmd, name = process.cmdline(), process.name()
+        if cmd and cmd[0].startswith("ray::"):
+            return cmd[0].split(".")[0].split(" ")[0]
+        if name.startswith("postgres"):
+            postmaster = process if "-D" in cmd else process.parent()
+            pcmd = postmaster.cmdline() if postmaster else []
+            data_dir = pcmd[pcmd.index("-D") + 1] if "-D" in pcmd else "?"
+            return f"postgres ({data_dir.rstrip('/').rsplit('/', 1)[-1]})"
+        if "-m" in cmd:
+            module = cmd[cmd.index("-m") + 1]
+            return {"cluster.cli": "paygate up (Ray driver)"}.get(module, module)
+        if "tansu" in name:
+            return "kafka broker (tansu)"
+        joined = " ".join(cmd[:3])
+        return "ray (system)" if "/ray/" in joined or name in ("raylet", "gcs_server") else name
+    except (psutil.Error, ValueError, IndexError):
+        return "?"
+
+
+def _busy(times: object) -> float:
+    idle = getattr(times, "idle", 0.0) + getattr(times, "iowait", 0.0)
+    return float(sum(times)) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)  # type: ignore[call-overload]
 
 
 def cpu_seconds(pid: int | None) -> float:

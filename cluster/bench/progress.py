@@ -13,6 +13,8 @@ class ProgressLine:
     def __init__(self, recorder: Recorder, total: int, console: Console | None = None) -> None:
         self.recorder, self.total = recorder, total
         self.console = console or Console(stderr=True)
+        if not self.console.is_terminal:
+            self.console.width = max(self.console.width, 200)  # a log: one line per update, unwrapped
         self.live = Live(Text("starting…"), console=self.console, auto_refresh=False, transient=False)
         self._last_print = 0.0
 

@@ -40,17 +40,17 @@ def resources(usage: Usage | None, load: LoadResult, receiver_cpu_s: float | Non
                            "receiver_cpu_s": None if receiver_cpu_s is None else round(receiver_cpu_s, 2)}
     if usage is None:
         return {**out, "stack_peak_rss_bytes": None, "note": "remote stack: memory and CPU not measured"}
-    cpu = usage.machine_cpu_pct
-    mean = sum(cpu) / len(cpu) if cpu else None
-    busy = mean / 100 * (os.cpu_count() or 1) * wall if mean is not None else None
-    others = busy - usage.stack_cpu_s - load.client_cpu_s - (receiver_cpu_s or 0) if busy is not None else None
+    cpu, busy = usage.machine_cpu_pct, usage.machine_busy_cpu_s
+    mean = min(100.0, 100 * busy / ((os.cpu_count() or 1) * max(usage.window_s, 1e-9)))
+    others = busy - usage.stack_cpu_s - load.client_cpu_s - (receiver_cpu_s or 0)
     return {**out, "stack_peak_rss_bytes": usage.peak_rss_bytes, "stack_peak_pss_bytes": usage.peak_pss_bytes,
             "stack_processes": usage.processes, "stack_cpu_s": usage.stack_cpu_s,
-            "stack_cpu_pct_of_core": round(100 * usage.stack_cpu_s / wall, 1),
-            "machine_cpus": os.cpu_count(), "machine_cpu_pct_mean": None if mean is None else round(mean, 1),
+            "stack_cpu_s_by_component": usage.cpu_by_component, "stack_idle_cores": usage.idle_cores,
+            "stack_cpu_pct_of_core": round(100 * usage.stack_cpu_s / max(usage.window_s, 1e-9), 1),
+            "machine_cpus": os.cpu_count(), "machine_cpu_pct_mean": round(mean, 1), "machine_busy_cpu_s": busy,
             "machine_cpu_pct_max": max(cpu) if cpu else None,
             # CPU the machine spent on anything but the stack and the bench (other tenants, the kernel)
-            "other_cpu_s": None if others is None else round(max(0.0, others), 1)}
+            "other_cpu_s": round(max(0.0, others), 1)}
 
 
 def ratios(report: dict[str, Any]) -> dict[str, float | None]:
@@ -79,6 +79,10 @@ def write(report: dict[str, Any], results_dir: Path) -> Path:
     return path
 
 
+def _pct(cores: float | None) -> str:
+    return "not measured" if cores is None else f"{100 * cores:.0f}% of a core"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
@@ -95,10 +99,13 @@ def _summary_table(r: dict[str, Any]) -> Table:
         ("stack peak RSS", "n/a (remote)" if rss is None else
          f"{rss / GIB:.2f} GiB RSS sum, {res['stack_peak_pss_bytes'] / GIB:.2f} GiB PSS, "
          f"{res['stack_processes']} processes"),
-        ("stack CPU", "n/a" if rss is None else f"{res['stack_cpu_s']} s ({res['stack_cpu_pct_of_core']}% of a core); "
+        ("stack CPU", "n/a" if rss is None else f"{res['stack_cpu_s']} s ({res['stack_cpu_pct_of_core']}% of a core; "
+                                               f"idle before the load: {_pct(res['stack_idle_cores'])}); "
                                                f"machine {res['machine_cpu_pct_mean']}% busy on average over "
                                                f"{res['machine_cpus']} cores, {res['other_cpu_s']} s of it "
                                                "neither the stack's nor the bench's"),
+        ("stack CPU by part", "n/a" if rss is None else ", ".join(
+            f"{name} {seconds:g}" for name, seconds in list(res["stack_cpu_s_by_component"].items())[:8])),
         ("client CPU", f"load {res['client_cpu_s']} s ({res['client_cpu_pct_of_core']}% of a core), "
                        f"webhook receiver {res['receiver_cpu_s']} s"),
     ]

@@ -48,6 +48,7 @@ class BenchOptions:
     request_timeout_s: float = 30.0
     backlog: int | None = None  # payments in progress before arrivals are dropped (default rate x 10 s)
     seed: int = 1
+    idle_probe_s: float = 3.0  # measure the stack's CPU with no load first (0: skip)
     progress: bool = True
     print_tables: bool = True
     keep_data: bool = False
@@ -111,7 +112,9 @@ def _run(options: BenchOptions, target: Target) -> BenchResult:
             receiver.set_secrets({provision.webhook_path(m, i): str(m.webhook_secret)
                                   for i, m in enumerate(merchants)})
         since, loadavg = int(time.time()) - 1, os.getloadavg()
-        monitor = StackMonitor(target.stack_pid, {receiver.pid} if receiver and receiver.pid else set()).start()
+        monitor = StackMonitor(target.stack_pid, {receiver.pid} if receiver and receiver.pid else set())
+        monitor.idle_probe(options.idle_probe_s)
+        monitor.start()
         receiver_cpu0 = cpu_seconds(receiver.pid if receiver else None)
         load, recorder, book = asyncio.run(_load(options, merchants, target, run_id))
         monitor.mark_load_end()

@@ -1,0 +1,112 @@
+"""`paygate bench` against the shared test stack, through its Python API: short runs of each
+scenario pass their audit with sane numbers, and the audit catches a corrupted ledger row and
+names exactly that payment."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import asyncpg
+import pytest
+import stripe
+
+from actors.events.signing import sign
+from cluster.bench.launch import Target
+from cluster.bench.receiver import verify
+from cluster.bench.runner import BenchOptions, BenchResult, rerun_audit, run_bench
+from cluster.stack import StackInfo
+
+
+def _target(info: StackInfo) -> Target:
+    # The stack runs inside this pytest process: its process tree is ours (the bench excludes itself).
+    return Target(info.base_url, admin_key=info.admin_key, ledger_dsn=info.ledger_dsn,
+                  bank_journal=info.bank_journal, stack_pid=os.getpid())
+
+
+def _bench(info: StackInfo, results: Path, scenario: str, count: int, rate: float = 50) -> BenchResult:
+    options = BenchOptions(scenario=scenario, rate=rate, count=count, merchants=2, results_dir=results,
+                           progress=False, print_tables=False, drain_timeout_s=90)
+    return run_bench(options, _target(info))
+
+
+def _failures(result: BenchResult) -> str:
+    assert result.report["audit"] is not None
+    return json.dumps([c for c in result.report["audit"]["checks"] if not c["ok"]], indent=1)
+
+
+def test_checkout_bench_passes_its_audit_with_sane_numbers(stack_info: StackInfo, tmp_path: Path) -> None:
+    result = _bench(stack_info, tmp_path / "checkout", "checkout", count=100)
+    assert result.ok, _failures(result)
+    report = result.report
+    tp = report["throughput"]
+    assert (tp["payments_ok"], tp["payments_failed"], tp["dropped_arrivals"], tp["requests"]) == (100, 0, 0, 200)
+    assert 0 < tp["payments_per_s"] <= 60 and tp["wall_s"] >= 1.9  # 100 arrivals at 50/s take 2 s
+    for endpoint in ("POST /v1/payment_methods", "POST /v1/payment_intents"):
+        stats = report["latency"][endpoint]
+        lat = stats["latency_ms"]
+        assert stats["count"] == 100 and stats["statuses"] == {"200": 100}
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"] < 30_000
+    assert report["errors"] == {}
+    assert report["resources"]["stack_peak_rss_bytes"] > 200 * 1024**2  # PostgreSQL x2, Ray, gateway…
+    assert report["resources"]["client_cpu_s"] > 0
+    checks = {c["name"]: c for c in report["audit"]["checks"]}
+    assert checks["client_vs_ledger"]["checked"] == 100
+    assert checks["bank_vs_ledger"]["checked"] == 100 and not checks["bank_vs_ledger"]["skipped"]
+    assert checks["webhooks_received"]["checked"] >= 400  # created, processing, succeeded, captured each
+    assert sum(row["payments"] for row in report["timeline"]) == 100
+    assert json.loads((tmp_path / "checkout" / "report.json").read_text())["throughput"]["payments_ok"] == 100
+    assert (tmp_path / "checkout" / "bench.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("scenario", ["auth-capture", "decline-mix", "idempotent-retry"])
+def test_other_scenarios_pass_their_audit(stack_info: StackInfo, tmp_path: Path, scenario: str) -> None:
+    result = _bench(stack_info, tmp_path / scenario, scenario, count=40, rate=40)
+    assert result.ok, _failures(result)
+    assert result.report["throughput"]["payments_ok"] == 40, result.report["errors"]
+    statuses = {p.status for p in result.book.payments.values()}
+    expected = {"auth-capture": {"succeeded", "canceled"}, "decline-mix": {"succeeded", "requires_payment_method"},
+                "idempotent-retry": {"succeeded"}}[scenario]
+    assert statuses <= expected and statuses & expected
+
+
+async def _shift_received(dsn: str, payment_id: str, delta: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("UPDATE payment_orders SET amount_received = amount_received + $2 WHERE id = $1",
+                               payment_id, delta)
+    finally:
+        await conn.close()
+
+
+def test_refund_mix_passes_and_the_audit_names_a_corrupted_payment(stack_info: StackInfo, tmp_path: Path) -> None:
+    result = _bench(stack_info, tmp_path / "refund-mix", "refund-mix", count=50)
+    assert result.ok, _failures(result)
+    assert result.report["throughput"]["payments_ok"] == 50
+    refunded = [p for p in result.book.payments.values() if p.amount_refunded]
+    assert refunded, "refund-mix refunded nothing"
+
+    victim = next(pid for pid, p in result.book.payments.items()
+                  if p.status == "succeeded" and (p.amount_received or 0) > (p.amount_refunded or 0))
+    asyncio.run(_shift_received(stack_info.ledger_dsn, victim, -1))
+    try:
+        broken = rerun_audit(result)
+    finally:
+        asyncio.run(_shift_received(stack_info.ledger_dsn, victim, +1))
+    assert not broken.ok
+    assert broken.breached_subjects == {victim}
+    assert {c.name for c in broken.checks if not c.ok} >= {"client_vs_ledger", "bank_vs_ledger", "ledger_balanced"}
+    assert rerun_audit(result).ok
+
+
+def test_the_receiver_verifies_signatures_as_stripe_does() -> None:
+    body, secret = b'{"id": "evt_1", "object": "event"}', "whsec_test"
+    header = sign(body, secret)
+    stripe.Webhook.construct_event(body, header, secret)  # the reference accepts it…
+    assert verify(body, header, secret)  # …and so does the bench
+    assert not verify(body + b" ", header, secret)
+    assert not verify(body, header, "whsec_other")
+    assert not verify(body, sign(body, secret, timestamp=1), secret)  # outside the 300 s tolerance
