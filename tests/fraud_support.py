@@ -3,18 +3,17 @@ merchant sees it (`latest_charge.outcome`), and what the bank saw (banksim's jou
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-import asyncpg
 import httpx
 
 from actors.vault.cards import luhn_valid
 from cluster.stack import StackInfo
+from tests.bank import ledger
 
 T = TypeVar("T")
 _rng = random.Random()
@@ -80,17 +79,6 @@ def is_blocked(payment: Mapping[str, Any]) -> bool:
 
 
 # ---- the ledger and the bank -------------------------------------------------------------------
-
-async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
-def ledger(stack_info: StackInfo, sql: str, *args: Any) -> list[dict[str, Any]]:
-    return [dict(r) for r in asyncio.run(_fetch(stack_info.ledger_dsn, sql, *args))]
 
 
 def auth_rrns(stack_info: StackInfo, payment_ids: Iterable[str]) -> dict[str, str]:

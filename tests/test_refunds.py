@@ -9,12 +9,12 @@ import signal
 import time
 from typing import Any
 
-import asyncpg
 import httpx
 import stripe
 
 from banksim.journal import Journal
 from cluster.stack import LocalStack, StackInfo
+from tests.bank import ledger
 from tests.conftest import Merchant
 
 
@@ -27,16 +27,8 @@ def _captured_payment(api: httpx.Client, amount: int) -> dict[str, Any]:
     return payment
 
 
-async def _ledger(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
 def _auth_rrn(stack_info: StackInfo, payment_id: str) -> str:
-    rows = asyncio.run(_ledger(stack_info.ledger_dsn, "SELECT auth_rrn FROM payment_orders WHERE id = $1", payment_id))
+    rows = ledger(stack_info, "SELECT auth_rrn FROM payment_orders WHERE id = $1", payment_id)
     return str(rows[0]["auth_rrn"])
 
 
@@ -52,11 +44,9 @@ def _bank_refunded(stack_info: StackInfo, payment_id: str) -> int:
 
 def _ledger_refunded(stack_info: StackInfo, payment_id: str) -> tuple[int, int]:
     """(amount_refunded on the payment, refunds booked in ledger_entries)."""
-    payment = asyncio.run(_ledger(stack_info.ledger_dsn,
-                                  "SELECT amount_refunded FROM payment_orders WHERE id = $1", payment_id))
-    booked = asyncio.run(_ledger(
-        stack_info.ledger_dsn, "SELECT coalesce(sum(amount), 0)::bigint AS s FROM ledger_entries "
-        "WHERE payment_id = $1 AND account = 'merchant_balance' AND description LIKE 'refund%'", payment_id))
+    payment = ledger(stack_info, "SELECT amount_refunded FROM payment_orders WHERE id = $1", payment_id)
+    booked = ledger(stack_info, "SELECT coalesce(sum(amount), 0)::bigint AS s FROM ledger_entries "
+                    "WHERE payment_id = $1 AND account = 'merchant_balance' AND description LIKE 'refund%'", payment_id)
     return int(payment[0]["amount_refunded"]), int(booked[0]["s"])
 
 
