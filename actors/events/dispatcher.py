@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import httpx
 import ray
 from aiokafka import AIOKafkaConsumer
 
+from actors.batching import Batcher
+from actors.events.http import DeliveryError, WebhookClient
 from actors.events.signing import sign
 from actors.lifecycle import autostart
 from cluster.broker import EVENTS_TOPIC
@@ -60,13 +61,23 @@ def _routing(message: Any) -> dict[str, str]:
     return {"id": event["id"], "type": event["type"]}
 
 
+@dataclass(frozen=True, eq=False)
+class Attempt:
+    delivery: asyncpg.Record
+    status: int | None
+    error: str | None
+    prefix: str | None
+    latency_ms: int
+
+
 class WebhookDispatcher:
     def __init__(self, index: int, ledger_dsn: str, bootstrap: str, policy: RetryPolicy,
                  concurrency: int = 64) -> None:
         self.index, self.ledger_dsn, self.bootstrap, self.policy = index, ledger_dsn, bootstrap, policy
         self.concurrency = concurrency
         self.pool: asyncpg.Pool | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.http: WebhookClient | None = None
+        self.recorder: Batcher[Attempt, None] | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.counters = {"consumed": 0, "delivered": 0, "failed_attempts": 0}
         # Set when there may be new work (deliveries recorded, a slot freed, the next event of a
@@ -80,8 +91,8 @@ class WebhookDispatcher:
             if self.tasks:
                 return
             self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=8)
-            self.http = httpx.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False,
-                                          limits=httpx.Limits(max_connections=self.concurrency))
+            self.http = WebhookClient(self.policy.timeout_s)
+            self.recorder = Batcher(self._record_attempts, max_items=256, max_wait_s=0.005)
             loop = asyncio.get_running_loop()
             self.tasks = [loop.create_task(self._consume_forever()), loop.create_task(self._deliver_forever())]
 
@@ -174,63 +185,75 @@ class WebhookDispatcher:
         return done
 
     async def _claim_due(self, limit: int) -> list[asyncpg.Record]:
-        """Lease due deliveries whose predecessors (same endpoint and payment) are all done."""
+        """Lease due deliveries that head their (endpoint, payment) queue: one payment's events go
+        out one after another, in the order they were made. The UPDATE re-checks the due time
+        under the row lock, so two dispatchers never lease the same delivery."""
         assert self.pool is not None
         return await self.pool.fetch(
+            "WITH heads AS ("
+            "  SELECT DISTINCT ON (endpoint_id, ordering_key) id, next_attempt_at, event_seq "
+            "  FROM webhook_deliveries WHERE status = 'pending' AND NOT manual "
+            "  ORDER BY endpoint_id, ordering_key, event_seq), "
+            "due AS ("
+            "  SELECT id, event_seq FROM heads WHERE next_attempt_at <= now() "
+            "  UNION ALL SELECT id, event_seq FROM webhook_deliveries "
+            "  WHERE status = 'pending' AND manual AND next_attempt_at <= now() "
+            "  ORDER BY event_seq LIMIT $1) "
             "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2) "
-            "FROM (SELECT x.id FROM webhook_deliveries x WHERE x.status = 'pending' AND x.next_attempt_at <= now() "
-            "      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries y WHERE y.endpoint_id = x.endpoint_id "
-            "                      AND y.ordering_key = x.ordering_key AND y.status = 'pending' "
-            "                      AND y.event_seq < x.event_seq AND NOT x.manual) "
-            "      AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = x.endpoint_id "
-            "                  AND w.deleted_at IS NULL AND w.status = 'enabled') "
-            "      ORDER BY x.event_seq LIMIT $1 FOR UPDATE SKIP LOCKED) due "
-            "WHERE d.id = due.id "
-            "RETURNING d.*, (SELECT url FROM webhook_endpoints w WHERE w.id = d.endpoint_id) AS url, "
-            "(SELECT secret FROM webhook_endpoints w WHERE w.id = d.endpoint_id) AS secret, "
+            "FROM due, webhook_endpoints w "
+            "WHERE d.id = due.id AND d.status = 'pending' AND d.next_attempt_at <= now() "
+            "  AND w.id = d.endpoint_id AND w.deleted_at IS NULL AND w.status = 'enabled' "
+            "RETURNING d.*, w.url, w.secret, "
             "(SELECT payload::text FROM outbox_events o WHERE o.id = d.event_id) AS payload",
             limit, self.policy.lease_s)
 
     async def _deliver(self, delivery: asyncpg.Record) -> None:
         assert self.http is not None
         body = delivery["payload"].encode()
-        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "paygate-webhooks/1",
+        headers = {"Content-Type": "application/json; charset=utf-8",
                    "Stripe-Signature": sign(body, delivery["secret"])}
         started = time.perf_counter()
         status, error, prefix = None, None, None
         try:
-            response = await self.http.post(delivery["url"], content=body, headers=headers)
-            status, prefix = response.status_code, response.text[:RESPONSE_PREFIX_CHARS]
-        except httpx.TimeoutException:
+            status, text = await self.http.post(delivery["url"], body, headers)
+            prefix = text[:RESPONSE_PREFIX_CHARS]
+        except TimeoutError:
             error = f"timed out after {self.policy.timeout_s:.0f}s"
-        except httpx.HTTPError as exc:
+        except (DeliveryError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         latency_ms = int((time.perf_counter() - started) * 1000)
-        await self._record_attempt(delivery, status, error, prefix, latency_ms)
+        assert self.recorder is not None
+        await self.recorder.call(Attempt(delivery, status, error, prefix, latency_ms))
 
-    async def _record_attempt(self, delivery: asyncpg.Record, status: int | None, error: str | None,
-                              prefix: str | None, latency_ms: int) -> None:
+    async def _record_attempts(self, attempts: list[Attempt]) -> list[None]:
+        """Every attempt recorded; successes closed and failures rescheduled: one transaction for
+        what the delivery tasks finished in the last few milliseconds."""
         assert self.pool is not None
-        ok = status is not None and 200 <= status < 300
-        if not ok and error is None:
-            error = f"HTTP {status}"
+        ok = [a for a in attempts if a.status is not None and 200 <= a.status < 300]
+        failed = [a for a in attempts if a not in ok]
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
+            await conn.executemany(
                 "INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error, response_prefix) "
-                "VALUES ($1, $2, $3, $4, $5)", delivery["id"], status, latency_ms, error, prefix)
+                "VALUES ($1, $2, $3, $4, $5)",
+                [(a.delivery["id"], a.status, a.latency_ms, a.error or (None if a in ok else f"HTTP {a.status}"),
+                  a.prefix) for a in attempts])
             if ok:
                 await conn.execute(
-                    "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1, "
-                    "delivered_at = now(), "
-                    "last_status_code = $2, last_error = NULL WHERE id = $1", delivery["id"], status)
+                    "UPDATE webhook_deliveries d SET status = 'succeeded', attempts = d.attempts + 1, "
+                    "delivered_at = now(), last_status_code = x.code, last_error = NULL "
+                    "FROM unnest($1::bigint[], $2::int[]) AS x(id, code) WHERE d.id = x.id",
+                    [a.delivery["id"] for a in ok], [a.status for a in ok])
                 # Only a recovering endpoint is written: a row lock taken on every success would
                 # serialise all of one endpoint's deliveries.
                 await conn.execute("UPDATE webhook_endpoints SET failing_since = NULL "
-                                   "WHERE id = $1 AND failing_since IS NOT NULL", delivery["endpoint_id"])
-                self.counters["delivered"] += 1
-                return
-            self.counters["failed_attempts"] += 1
-            await self._schedule_retry(conn, delivery, status, error)
+                                   "WHERE id = ANY($1::text[]) AND failing_since IS NOT NULL",
+                                   list({a.delivery["endpoint_id"] for a in ok}))
+            for attempt in failed:
+                await self._schedule_retry(conn, attempt.delivery, attempt.status,
+                                           attempt.error or f"HTTP {attempt.status}")
+        self.counters["delivered"] += len(ok)
+        self.counters["failed_attempts"] += len(failed)
+        return [None] * len(attempts)
 
     async def _schedule_retry(self, conn: asyncpg.Connection, delivery: asyncpg.Record, status: int | None,
                               error: str | None) -> None:
