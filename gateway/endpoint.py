@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from gateway.auth import check_admin_key
 from gateway.errors import PayloadTooLarge, StripeError, error_response
-from gateway.params import Params, parse_body, parse_form
+from gateway.params import Params, parse_body, parse_form, reject_nul
 from gateway.state import GatewayState
 
 
@@ -45,10 +45,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def _params(request: Request, state: GatewayState) -> Params:
+    for name, value in request.path_params.items():
+        reject_nul(value, name)
     if request.method in ("GET", "DELETE"):
-        return parse_form(request.url.query)
-    body = await read_body(request, state.config.max_body_bytes)
-    return parse_body(request.headers.get("content-type", ""), body)
+        params = parse_form(request.url.query)
+    else:
+        body = await read_body(request, state.config.max_body_bytes)
+        params = parse_body(request.headers.get("content-type", ""), body)
+    reject_nul(params, "")
+    return params
 
 
 def _request_id(request: Request) -> str | None:

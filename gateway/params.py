@@ -33,6 +33,21 @@ def parse_json(body: bytes) -> Params:
     return value
 
 
+def reject_nul(value: Any, name: str) -> None:
+    """PostgreSQL text cannot hold NUL: say so with the parameter's name instead of failing later."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(f"Invalid value for {name}: it contains a NUL character.",
+                                 code="parameter_invalid_string", param=name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key, name)
+            reject_nul(item, f"{name}[{key}]" if name else key)
+    elif isinstance(value, list):
+        for item in value:
+            reject_nul(item, f"{name}[]")
+
+
 def parse_body(content_type: str, body: bytes) -> Params:
     if not body:
         return {}

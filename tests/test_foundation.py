@@ -159,3 +159,16 @@ def test_bad_config_names_the_variable(name: str) -> None:
 
     with pytest.raises(ConfigError, match=name):
         load_config({name: "not a valid value"})
+
+
+@pytest.mark.parametrize(("method", "path", "params", "param"), [
+    ("GET", "/v1/payment_intents/pi_a%00b", {}, "id"),
+    ("GET", "/v1/refunds", {"ending_before": "re_\x00"}, "ending_before"),
+    ("POST", "/v1/payment_intents", {"amount": "1000", "currency": "usd", "description": "a\x00b"}, "description"),
+    ("POST", "/v1/payment_intents", {"amount": "1000", "currency": "usd", "metadata[k]": "\x00"}, "metadata[k]"),
+])
+def test_nul_characters_are_a_400_naming_the_parameter(api: httpx.Client, method: str, path: str,
+                                                      params: dict[str, str], param: str) -> None:
+    response = api.get(path, params=params) if method == "GET" else api.post(path, data=params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
