@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import httpx
 
-from actors.vault.cards import luhn_valid
+from cluster.logs import luhn_complete
 from cluster.stack import StackInfo
 from tests.bank import ledger
 
-T = TypeVar("T")
 _rng = random.Random()
 
 
 def visa_number() -> str:
     """A random Luhn-valid Visa number (banksim approves any valid card that is not a test number)."""
-    body = "4" + "".join(_rng.choice("0123456789") for _ in range(14))
-    check = next(d for d in "0123456789" if luhn_valid(body + d))
-    return body + check
+    return luhn_complete("4" + "".join(_rng.choice("0123456789") for _ in range(14)))
 
 
 def new_card(api: httpx.Client, number: str | None = None) -> dict[str, Any]:
@@ -109,13 +105,3 @@ def bank_authorizations_for(stack_info: StackInfo, merchant_id: str) -> int:
     finally:
         conn.close()
 
-
-def wait_until(check: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)

@@ -14,6 +14,7 @@ import httpx
 import ray
 
 from cluster.stack import StackInfo
+from tests.bank import wait_until
 from tests.conftest import Merchant
 from tests.fraud_support import (
     auth_rrns,
@@ -28,7 +29,6 @@ from tests.fraud_support import (
     pay_form,
     payment_of,
     visa_number,
-    wait_until,
 )
 
 
@@ -100,7 +100,7 @@ def test_a_restarted_scorer_keeps_blocking_a_card_over_its_limit(api: httpx.Clie
     assert sum(p["status"] == "succeeded" for p in payments) == 5 and is_blocked(payments[-1])
     # the attempts reach the ledger within the write-behind interval
     wait_until(lambda: ledger(stack_info, "SELECT count(*) AS n FROM risk_attempts WHERE merchant_id = $1",
-                              merchant.id)[0]["n"] >= 17, 10, "risk attempts to be persisted")
+                              merchant.id)[0]["n"] >= 17, 10, what="risk attempts to be persisted")
 
     scorer = ray.get_actor("fraud-scorer-0", namespace="paygate")
     before = ray.get(scorer.stats.remote(), timeout=30)
@@ -114,7 +114,7 @@ def test_a_restarted_scorer_keeps_blocking_a_card_over_its_limit(api: httpx.Clie
             return None
         return stats if stats["pid"] != before["pid"] else None
 
-    after = wait_until(restarted, 120, "the scorer to restart")
+    after = wait_until(restarted, 120, what="the scorer to restart")
     assert after["replayed"] >= 17 and after["scored"] == 0
 
     again = pay(api, card["id"], amount=900)

@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 
 from actors.vault.actor import CardVault, UnknownTokenError
-from actors.vault.cards import TEST_PAYMENT_METHODS, CardError, luhn_valid
+from actors.vault.cards import TEST_PAYMENT_METHODS, CardError
+from cluster.logs import luhn_complete
 from cluster.migrate import apply_migrations
 from cluster.postgres import EmbeddedPostgres, pg_bin
 from cluster.procs import free_port
@@ -89,8 +90,7 @@ def card(number: str = VISA, cvc: str | None = "123", exp_month: int = 12, exp_y
 
 
 def random_pan(index: int) -> str:
-    body = f"4{index:014d}"
-    return next(body + d for d in "0123456789" if luhn_valid(body + d))
+    return luhn_complete(f"4{index:014d}")
 
 
 async def fetch(db: VaultDb, query: str, *args: Any) -> list[asyncpg.Record]:

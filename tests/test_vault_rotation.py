@@ -24,6 +24,7 @@ import pytest
 import ray
 
 from actors.registry import CARD_VAULT
+from cluster.logs import luhn_complete
 from cluster.stack import LocalStack, StackInfo
 from tests.conftest import Merchant
 
@@ -31,15 +32,6 @@ YEAR = datetime.now(UTC).year + 2
 BURST = 300          # concurrent tokenizations in the rotation test
 ROTATE_AFTER = 60    # ... the rotation is triggered once this many have completed
 CONNECTIONS = 48
-
-
-def luhn_complete(prefix: str) -> str:
-    """`prefix` plus its Luhn check digit."""
-    total = 0
-    for index, char in enumerate(reversed(prefix)):
-        value = int(char) * (2 if index % 2 == 0 else 1)
-        total += value - 9 if value > 9 else value
-    return prefix + str((10 - total % 10) % 10)
 
 
 def random_visa(rng: random.Random) -> str:

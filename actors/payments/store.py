@@ -103,18 +103,6 @@ async def append_event(conn: asyncpg.Connection, row: asyncpg.Record, event_type
     )
 
 
-async def write_outbox(conn: asyncpg.Connection, row: asyncpg.Record, event_types: Sequence[str]) -> None:
-    if not event_types:
-        return
-    snapshot = payment_intent_object(row)
-    events = [event_object(t, snapshot) for t in event_types]
-    await conn.executemany(
-        "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        [(e["id"], row["merchant_id"], e["type"], row["id"], e, e["created"]) for e in events],
-    )
-
-
 async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements: Sequence[tuple[str, int]],
                        description: str) -> None:
     """One double-entry group: the amounts must sum to zero."""

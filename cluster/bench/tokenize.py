@@ -24,16 +24,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from cluster.logs import luhn_complete
+
 YEAR = time.gmtime().tm_year + 3
 _UNLIMITED = {"PAYGATE_RATE_LIMIT": "1000000", "PAYGATE_RATE_LIMIT_BURST": "1000000"}
-
-
-def luhn_complete(prefix: str) -> str:
-    total = 0
-    for index, char in enumerate(reversed(prefix)):
-        value = int(char) * (2 if index % 2 == 0 else 1)
-        total += value - 9 if value > 9 else value
-    return prefix + str((10 - total % 10) % 10)
 
 
 def card_numbers(count: int, seed: int = 7) -> list[str]:
