@@ -4,16 +4,18 @@ the result. Ledger writes go through `store`; the bank is reached only through t
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
 
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
 from actors.acquirer.messages import AcquirerRequest, OriginalRef
-from actors.errors import CardError, InvalidRequest, NotFound, StripeError
+from actors.errors import ApiError, CardError, InvalidRequest, NotFound, StripeError
 from actors.fraud.reviews import open_if_flagged
 from actors.ids import new_id
 from actors.payments import idempotency, store
@@ -312,7 +314,7 @@ class Operations:
         if row["status"] == "processing":
             return await self.resolve(row, cmd)
         if cmd.confirm and row["status"] == "requires_confirmation":
-            return await self.confirm(cmd.__class__(**{**cmd.__dict__, "payment_id": payment_id}), None)
+            return await self.confirm(replace(cmd, payment_id=payment_id), None)
         reply = ok(row) if not row["last_payment_error"] else _replay_decline(row)
         await idempotency.finish(self.ports.pool, cmd.merchant_id, cmd.idempotency, reply)
         return reply
@@ -335,15 +337,11 @@ class Operations:
         return card
 
 
-def _now() -> Any:
-    import datetime
-
+def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
 def _loads(value: Any) -> dict[str, Any]:
-    import json
-
     if value is None:
         return {}
     return value if isinstance(value, dict) else json.loads(value)
@@ -380,8 +378,6 @@ def _raw(outcome: BankOutcome) -> dict[str, Any]:
 
 
 def _processing_error_unknown(row: asyncpg.Record) -> StripeError:
-    from actors.errors import ApiError
-
     return ApiError("The bank did not answer in time; the payment is being resolved with the bank. "
                     "Retrieve the PaymentIntent, or retry with the same Idempotency-Key, for the final status.",
                     code="processing_error", payment_intent={"id": row["id"], "status": row["status"]})
