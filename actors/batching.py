@@ -1,7 +1,12 @@
-"""Micro-batching for hot actor calls: callers await one item each; the batcher sends up to
-`max_items` items in one call after at most `max_wait_s`, and hands each caller its own result
-(or its own exception). A Ray call costs about as much as the work it carries here, so every hot
-hop (gateway → shard, shard → link, link → vault) goes through one of these."""
+"""Micro-batching for hot actor calls: callers await one item each; the batcher sends what has
+queued up in one call and hands each caller its own result (or its own exception). A Ray call
+costs about as much as the work it carries here, so every hot hop (gateway → shard, shard → link,
+link → vault) goes through one of these.
+
+Self-clocking: while fewer than `max_in_flight` calls are out, a batch leaves at the end of the
+current event-loop turn (so requests that arrived together travel together, and an idle hop adds
+no delay); otherwise items queue until a call returns — or `max_wait_s` has passed, so one slow
+call cannot hold the queue for long. Under load, batches grow by themselves."""
 
 from __future__ import annotations
 
@@ -15,38 +20,55 @@ Result = TypeVar("Result")
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]],
-                 max_items: int = 128, max_wait_s: float = 0.002) -> None:
+                 max_items: int = 128, max_in_flight: int = 2, max_wait_s: float = 0.005) -> None:
         self.send = send
         self.max_items = max_items
+        self.max_in_flight = max_in_flight
         self.max_wait_s = max_wait_s
         self.pending: list[tuple[Item, asyncio.Future[Result]]] = []
-        self.flusher: asyncio.TimerHandle | None = None
+        self.in_flight = 0
+        self.soon: asyncio.Handle | None = None  # a flush at the end of this loop turn
+        self.timer: asyncio.TimerHandle | None = None  # a flush despite the calls in flight
 
     async def call(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
-        if len(self.pending) >= self.max_items:
-            self._flush()
-        elif self.flusher is None:
-            self.flusher = asyncio.get_running_loop().call_later(self.max_wait_s, self._flush)
+        self._schedule()
         return await future
 
+    def _schedule(self) -> None:
+        if not self.pending or self.soon is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.in_flight < self.max_in_flight or len(self.pending) >= self.max_items:
+            self.soon = loop.call_soon(self._flush)
+        elif self.timer is None:
+            self.timer = loop.call_later(self.max_wait_s, self._flush)
+
     def _flush(self) -> None:
-        if self.flusher is not None:
-            self.flusher.cancel()
-            self.flusher = None
-        batch, self.pending = self.pending, []
+        for handle in (self.soon, self.timer):
+            if handle is not None:
+                handle.cancel()
+        self.soon = self.timer = None
+        batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items:]
         if batch:
+            self.in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
+        self._schedule()
 
     async def _send(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             results = await self.send([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} was answered with {len(results)} results")
         except BaseException as error:  # the whole call failed: every caller learns why
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
+        finally:
+            self.in_flight -= 1
+            self._schedule()
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue

@@ -92,7 +92,7 @@ class WebhookDispatcher:
                 return
             self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=8)
             self.http = WebhookClient(self.policy.timeout_s)
-            self.recorder = Batcher(self._record_attempts, max_items=256, max_wait_s=0.005)
+            self.recorder = Batcher(self._record_attempts, max_items=256, max_in_flight=1)
             loop = asyncio.get_running_loop()
             self.tasks = [loop.create_task(self._consume_forever()), loop.create_task(self._deliver_forever())]
 

@@ -9,7 +9,8 @@ one place whatever the pool size. With one scorer (the default) it is a single c
 Batching: each scorer has one queue per shard, and at most one call in flight. Requests that
 arrive while a call is out go together in the next one (self-clocking: no added delay when idle,
 large batches under load). Bank outcomes ride the same queue, so they reach the scorer before any
-later attempt from this shard.
+later attempt from this shard; they wait up to `OUTCOME_DELAY_S` for a request to ride with rather
+than cost a call of their own.
 
 Failure: if the scorers cannot answer (restarting past the timeout, gone), the payment is not held
 hostage: it is authorized with `risk_level = not_assessed` and the rule `risk_unavailable`.
@@ -36,6 +37,7 @@ log = logging.getLogger("paygate.fraud.assessor")
 SCORE_TIMEOUT_S = 10.0
 MAX_BATCH = 256
 MAX_OUTCOMES = 4096
+OUTCOME_DELAY_S = 0.05
 UNAVAILABLE = RiskDecision(0, "not_assessed", "authorized", ("risk_unavailable",))
 
 
@@ -48,6 +50,7 @@ class ScorerClient:
         self.requests: list[tuple[ScoreRequest, asyncio.Future[ScoreResult]]] = []
         self.outcomes: list[OutcomeRecord] = []
         self.draining: asyncio.Task[None] | None = None
+        self.outcome_timer: asyncio.TimerHandle | None = None
         self.batches = 0
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
@@ -60,9 +63,13 @@ class ScorerClient:
         self.outcomes.append(outcome)
         if len(self.outcomes) > MAX_OUTCOMES:  # the scorer is unreachable: forget the oldest
             del self.outcomes[: len(self.outcomes) - MAX_OUTCOMES]
-        self._kick()
+        if self.outcome_timer is None:
+            self.outcome_timer = asyncio.get_running_loop().call_later(OUTCOME_DELAY_S, self._kick)
 
     def _kick(self) -> None:
+        if self.outcome_timer is not None:
+            self.outcome_timer.cancel()
+            self.outcome_timer = None
         if self.draining is None or self.draining.done():
             self.draining = asyncio.get_running_loop().create_task(self._drain())
 

@@ -34,12 +34,18 @@ def review_object(review_id: str, row: Mapping[str, Any], outcome: Mapping[str, 
             "risk_score": outcome.get("risk_score"), "rules": list(outcome.get("rules") or [])}
 
 
+def needs_review(row: Mapping[str, Any]) -> bool:
+    """Whether the charge's outcome (on a row, or on the changes about to be written) asks for a review."""
+    outcome = _outcome(row)
+    return outcome.get("type") == "manual_review" and bool(outcome.get("review"))
+
+
 async def open_if_flagged(conn: asyncpg.Connection, row: Mapping[str, Any]) -> str | None:
     """Open the review the charge's outcome asks for (no-op unless `manual_review`); returns its id."""
-    outcome = _outcome(row)
-    review_id = outcome.get("review")
-    if outcome.get("type") != "manual_review" or not review_id:
+    if not needs_review(row):
         return None
+    outcome = _outcome(row)
+    review_id = outcome["review"]
     created = int(time.time())
     inserted = await conn.fetchval(
         "INSERT INTO risk_reviews (id, merchant_id, payment_id, charge_id, opened_reason, reason, risk_score, "

@@ -9,7 +9,7 @@ is an error; the same key while the first attempt runs is a 409; an attempt whos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -37,14 +37,14 @@ class Claim:
 
 
 async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_after_s: float) -> Claim:
+    inserted = await pool.fetchval(  # the common case, a new key: one statement, no transaction
+        "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, locked_at) "
+        "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING RETURNING 1",
+        merchant_id, idem.key, idem.method, idem.path, idem.request_hash,
+    )
+    if inserted:
+        return Claim("fresh")
     async with pool.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
-            "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, locked_at) "
-            "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING RETURNING 1",
-            merchant_id, idem.key, idem.method, idem.path, idem.request_hash,
-        )
-        if inserted:
-            return Claim("fresh")
         row = await conn.fetchrow(
             "SELECT *, locked_at > now() - make_interval(secs => $3) AS fresh_lock, "
             "created_at < now() - make_interval(hours => $4) AS expired "
@@ -72,28 +72,41 @@ async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_a
         return Claim("resume", recovery_point=row["recovery_point"])
 
 
+def recovery_point_sql(merchant_id: str, idem: Idempotency, object_id: str, first: int) -> tuple[str, list[Any]]:
+    """Record what this attempt created. An upsert: a gateway-made key is first written here, in the
+    business write, rather than claimed in a round trip of its own. Parameters numbered from `first`."""
+    n = first
+    return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
+            f"recovery_point, locked_at) VALUES (${n}, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}, ${n + 5}, now()) "
+            f"ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
+            [merchant_id, idem.key, idem.method, idem.path, idem.request_hash, object_id])
+
+
+def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int) -> tuple[str, list[Any]]:
+    """Store the reply for replays — or, for a gateway-made key, drop the key (nobody can replay it).
+    Parameters numbered from `first`; the statement ends in its WHERE clause, so callers may extend it."""
+    n = first
+    if idem.internal:
+        return (f"DELETE FROM idempotency_keys WHERE merchant_id = ${n} AND key = ${n + 1}", [merchant_id, idem.key])
+    return (f"UPDATE idempotency_keys SET response_code = ${n + 2}, response_body = ${n + 3}, locked_at = NULL "
+            f"WHERE merchant_id = ${n} AND key = ${n + 1}", [merchant_id, idem.key, reply.status, reply.body])
+
+
 async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: Idempotency | None,
                              object_id: str) -> None:
-    """Record what this attempt created. An upsert: a gateway-made key is first written here, in the
-    business transaction, rather than claimed in a round trip of its own."""
     if idem:
-        await conn.execute(
-            "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
-            "recovery_point, locked_at) VALUES ($1, $2, $3, $4, $5, $6, now()) "
-            "ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
-            merchant_id, idem.key, idem.method, idem.path, idem.request_hash, object_id)
+        await conn.execute(*_flat(recovery_point_sql(merchant_id, idem, object_id, 1)))
 
 
 async def finish(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, idem: Idempotency | None,
                  reply: Reply) -> None:
-    if idem and idem.internal:
-        await conn.execute("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2", merchant_id, idem.key)
-    elif idem:
-        await conn.execute(
-            "UPDATE idempotency_keys SET response_code = $3, response_body = $4, locked_at = NULL "
-            "WHERE merchant_id = $1 AND key = $2",
-            merchant_id, idem.key, reply.status, reply.body,
-        )
+    if idem:
+        await conn.execute(*_flat(finish_sql(merchant_id, idem, reply, 1)))
+
+
+def _flat(statement: tuple[str, list[Any]]) -> list[Any]:
+    sql, args = statement
+    return [sql, *args]
 
 
 async def purge_expired(pool: asyncpg.Pool) -> int:

@@ -4,10 +4,12 @@ the result. Ledger writes go through `store`; the bank is reached only through t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,10 +18,10 @@ import asyncpg
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
 from actors.acquirer.messages import AcquirerRequest, OriginalRef
 from actors.errors import ApiError, CardError, InvalidRequest, NotFound, StripeError
-from actors.fraud.reviews import open_if_flagged
+from actors.fraud.reviews import needs_review, open_if_flagged
 from actors.ids import new_id
 from actors.payments import idempotency, store
-from actors.payments.messages import PaymentCommand, Reply
+from actors.payments.messages import Idempotency, PaymentCommand, Reply
 from actors.payments.render import dumps, payment_intent_object
 from actors.payments.risk import RiskAssessor, RiskDecision
 
@@ -64,18 +66,22 @@ def failure(error: StripeError) -> Reply:
     return Reply(error.status, error.body_bytes())
 
 
-async def book_capture(conn: asyncpg.Connection, row: asyncpg.Record, changes: dict[str, Any],
-                       bank: dict[str, Any]) -> asyncpg.Record:
+def captured_changes(row: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's changes when the bank has made its capture (of the pending amount)."""
+    return {**changes, "bank_phase": None, "processing_since": None, "amount_received": row["pending_amount"],
+            "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None}
+
+
+async def book_capture(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record, changes: Mapping[str, Any],
+                       bank: dict[str, Any], along: store.Along | None = None) -> asyncpg.Record:
     """Book a capture the bank has made (the pending amount): the transition to `succeeded`, the
-    double entry and the events. The one place this is written, whoever learnt of the capture
-    (the bank's answer, or the reconciler from the settlement file)."""
+    double entry and the events, in one statement. The one place this is written, whoever learnt
+    of the capture (the bank's answer, or the reconciler from the settlement file)."""
     amount = row["pending_amount"]
-    row = await store.transition(conn, row, "captured", {
-        **changes, "bank_phase": None, "processing_since": None, "amount_received": amount,
-        "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None,
-    }, events=["payment_intent.succeeded", "charge.captured"], bank=bank)
-    await store.write_ledger(conn, row, [("acquirer_receivable", amount), ("merchant_balance", -amount)], "capture")
-    return row
+    ledger = [("acquirer_receivable", amount), ("merchant_balance", -amount)]
+    return await store.transition(conn, row, "captured", captured_changes(row, changes),
+                                  events=["payment_intent.succeeded", "charge.captured"], bank=bank,
+                                  along=replace(along or store.Along(), ledger=ledger, ledger_description="capture"))
 
 
 class Operations:
@@ -98,17 +104,17 @@ class Operations:
             "metadata": cmd.metadata, "created": int(time.time()),
         }
         pool = self.ports.pool
+        if cmd.confirm and card:
+            # Two statements, no transaction: a crash between them leaves a PaymentIntent awaiting
+            # confirmation, which the retry (found through the recovery point) confirms.
+            row = await store.insert(pool, values, recovery_key=cmd.idempotency)
+            row = await self._begin_authorization(pool, row, card)
+            return await self._authorize(cmd, row, card)
         async with pool.acquire() as conn, conn.transaction():
-            row = await store.insert(conn, values)
-            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
-            if cmd.confirm and card:
-                row = await self._begin_authorization(conn, row, card)
-            else:
-                reply = ok(row)
-                await idempotency.finish(conn, cmd.merchant_id, cmd.idempotency, reply)
-                return reply
-        assert card is not None
-        return await self._authorize(cmd, row, card)
+            row = await store.insert(conn, values, recovery_key=cmd.idempotency)
+            reply = ok(row)
+            await idempotency.finish(conn, cmd.merchant_id, cmd.idempotency, reply)
+        return reply
 
     async def confirm(self, cmd: PaymentCommand, recovery_point: str | None) -> Reply:
         row = await self._load(cmd)
@@ -126,7 +132,7 @@ class Operations:
             row = await self._begin_authorization(conn, row, card)
         return await self._authorize(cmd, row, card)
 
-    async def _begin_authorization(self, conn: asyncpg.Connection, row: asyncpg.Record,
+    async def _begin_authorization(self, conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record,
                                    card: dict[str, Any]) -> asyncpg.Record:
         """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
         capture gets its completion's ids now too, so approval leads straight to the capture."""
@@ -145,8 +151,10 @@ class Operations:
         decision = await self.ports.risk.assess(row, card, cmd.risk)
         if decision.outcome == "blocked":
             return await self._fail(cmd, row, "fraudulent", decision=decision)
+        completion = (row["pending_stan"], row["pending_rrn"]) if row["capture_method"] == "automatic" else None
         order = AuthorizeOrder(row["id"], row["payment_method"], row["amount"], row["currency"],
-                               row["merchant_id"], row["auth_stan"], row["auth_rrn"], _reversal_stan(row["auth_stan"]))
+                               row["merchant_id"], row["auth_stan"], row["auth_rrn"], _reversal_stan(row["auth_stan"]),
+                               capture=completion)
         outcome: BankOutcome = await self.ports.link.authorize(order)
         if outcome.status == "unknown":
             # Neither answer nor confirmed reversal: the recovery sweep settles it from the bank.
@@ -177,7 +185,7 @@ class Operations:
             return reply
         # Automatic capture: the completion's ids were persisted with the authorization, so a crash
         # from here on is settled by reversing the authorization (the bank releases the capture too).
-        return await self._capture_at_bank(cmd, row, approval=changes, auth_raw=response.raw)
+        return await self._capture_at_bank(cmd, row, approval=changes, auth_raw=response.raw, sent=outcome.capture)
 
     async def _fail(self, cmd: PaymentCommand | None, row: asyncpg.Record, decline_code: str,
                     outcome: BankOutcome | None = None, decision: RiskDecision | None = None) -> Reply:
@@ -191,16 +199,15 @@ class Operations:
             "detail": outcome.detail if outcome else ""}
         if decision and decision.outcome == "blocked":
             bank = {"risk": decision.as_dict()}
-        async with self.ports.pool.acquire() as conn, conn.transaction():
-            row = await store.transition(conn, row, "bank_declined", {
-                "bank_phase": None, "processing_since": None, "last_payment_error": error, "charge": charge,
-                "pending_stan": None, "pending_rrn": None, "pending_amount": None,
-            }, events=["payment_intent.payment_failed"], bank=bank)
-            card_error = CardError(error["message"], code=code, param=None, decline_code=decline_code,
-                                   charge=row["latest_charge"], payment_intent=payment_intent_object(row))
-            reply = failure(card_error)
-            if cmd:
-                await idempotency.finish(conn, row["merchant_id"], cmd.idempotency, reply)
+        changes = {"bank_phase": None, "processing_since": None, "last_payment_error": error, "charge": charge,
+                   "pending_stan": None, "pending_rrn": None, "pending_amount": None}
+        card_error = CardError(error["message"], code=code, param=None, decline_code=decline_code,
+                               charge=row["latest_charge"],
+                               payment_intent=payment_intent_object(store.preview(row, "bank_declined", changes)))
+        reply = failure(card_error)
+        idem = cmd.idempotency if cmd else None
+        await store.transition(self.ports.pool, row, "bank_declined", changes, events=["payment_intent.payment_failed"],
+                               bank=bank, along=store.Along(finish=(idem, reply) if idem else None))
         return reply
 
     # ---- capture ---------------------------------------------------------------------------
@@ -224,29 +231,47 @@ class Operations:
         return await self._capture_at_bank(cmd, row)
 
     async def _capture_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record,
-                               approval: dict[str, Any] | None = None, auth_raw: dict[str, Any] | None = None) -> Reply:
-        request = AcquirerRequest("capture", row["pending_stan"], row["pending_rrn"], row["pending_amount"],
-                                  row["currency"], row["merchant_id"], original=_original(row))
-        outcome: BankOutcome = await self.ports.link.send(request)
+                               approval: dict[str, Any] | None = None, auth_raw: dict[str, Any] | None = None,
+                               sent: BankOutcome | None = None) -> Reply:
+        """Complete the capture at the bank — or take the completion's outcome the link already
+        sent with the authorization (`sent`) — and book what the bank said."""
+        outcome = sent or await self.ports.link.send(AcquirerRequest(
+            "capture", row["pending_stan"], row["pending_rrn"], row["pending_amount"], row["currency"],
+            row["merchant_id"], original=_original(row)))
         if outcome.status == "unknown":
             return failure(_processing_error_unknown(row))
         idem = cmd.idempotency if cmd else None
+        if outcome.status == "approved":
+            return await self._book_approved_capture(row, outcome, idem, approval, auth_raw)
         async with self.ports.pool.acquire() as conn, conn.transaction():
             if auth_raw is not None:
                 await store.append_event(conn, row, "charge.authorized", "processing", auth_raw)
-            if outcome.status == "approved":
-                row = await book_capture(conn, row, approval or {}, _raw(outcome))
-                reply = ok(row)
-            else:
-                row = await store.transition(conn, row, "capture_failed", {
-                    **(approval or {}), "amount_capturable": row["amount"] if approval else row["amount_capturable"],
-                    "bank_phase": None, "processing_since": None, "pending_stan": None, "pending_rrn": None,
-                    "pending_amount": None}, bank=_raw(outcome))
-                reply = failure(InvalidRequest("The bank refused the capture; the authorization is unchanged.",
-                                               code="charge_not_capturable", payment_intent=payment_intent_object(row)))
+            row = await store.transition(conn, row, "capture_failed", {
+                **(approval or {}), "amount_capturable": row["amount"] if approval else row["amount_capturable"],
+                "bank_phase": None, "processing_since": None, "pending_stan": None, "pending_rrn": None,
+                "pending_amount": None}, bank=_raw(outcome))
+            reply = failure(InvalidRequest("The bank refused the capture; the authorization is unchanged.",
+                                           code="charge_not_capturable", payment_intent=payment_intent_object(row)))
             if approval is not None:
                 await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
             await idempotency.finish(conn, row["merchant_id"], idem, reply)
+        return reply
+
+    async def _book_approved_capture(self, row: asyncpg.Record, outcome: BankOutcome, idem: Idempotency | None,
+                                     approval: dict[str, Any] | None, auth_raw: dict[str, Any] | None) -> Reply:
+        """The hot path's last write — authorization event, capture, ledger group, stored reply — as
+        one statement; in a transaction only when a review must open with it."""
+        changes = captured_changes(row, approval or {})
+        reply = ok(store.preview(row, "captured", changes))
+        along = store.Along(
+            earlier=store.PaymentEvent("charge.authorized", "processing", row["status"], auth_raw)
+            if auth_raw is not None else None,
+            finish=(idem, reply) if idem else None)
+        review = approval is not None and needs_review(approval)
+        async with self.ports.pool.acquire() as conn, conn.transaction() if review else contextlib.nullcontext():
+            row = await book_capture(conn, row, changes, _raw(outcome), along)
+            if review:
+                await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
         return reply
 
     # ---- cancel ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The ledger writes behind every PaymentIntent transition.
 
 `transition` is the one place a status changes: it checks the state machine, updates the row
-under a version check, appends the payment event and writes the outbox events, all on the
-caller's connection so they commit in the caller's transaction.
+under a version check, appends the payment event and writes the outbox events — and, when asked
+(`Along`), an earlier payment event, a ledger group and the idempotency key's stored reply — in one
+statement: atomic without a transaction, and one round trip on the hot path.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from actors.ids import new_id
+from actors.payments import idempotency
+from actors.payments.messages import Idempotency, Reply
 from actors.payments.render import event_object, payment_intent_object
 from actors.payments.states import Action, next_status
 
@@ -28,39 +32,80 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, payment_id: str, merchan
                                payment_id, merchant_id)
 
 
-async def insert(conn: asyncpg.Connection, values: Mapping[str, Any]) -> asyncpg.Record:
-    """A new PaymentIntent, its `created` event and outbox row: one statement."""
+@dataclass(frozen=True)
+class PaymentEvent:
+    """A row of the payment's own history (payment_events)."""
+
+    type: str
+    from_status: str | None
+    to_status: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Along:
+    """What a transition writes in its own statement besides the row, its event and the outbox."""
+
+    earlier: PaymentEvent | None = None  # happened before the transition (e.g. the authorization)
+    ledger: Sequence[tuple[str, int]] = ()  # one balanced double-entry group
+    ledger_description: str = ""
+    finish: tuple[Idempotency, Reply] | None = None  # the key's stored reply (or its deletion)
+
+
+async def insert(conn: asyncpg.Connection | asyncpg.Pool, values: Mapping[str, Any],
+                 recovery_key: Idempotency | None = None) -> asyncpg.Record:
+    """A new PaymentIntent, its `created` event and outbox row — and the idempotency key's recovery
+    point, when given — in one statement."""
     payment_id = new_id("pi")
     row = {"id": payment_id, "client_secret": f"{payment_id}_secret_{secrets.token_urlsafe(18)}", **values}
     columns = list(row)
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     snapshot = {**_DEFAULTS, **row}
-    record = await conn.fetchrow(
-        f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *)"
-        + _event_and_outbox_sql("p", len(columns) + 1) + " SELECT * FROM p",
-        *[row[c] for c in columns], *_event_and_outbox_args(snapshot, "payment_intent.created", None, {},
-                                                            ["payment_intent.created"]),
-    )
+    args: list[Any] = [row[c] for c in columns]
+    sql = (f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *)"
+           + _event_and_outbox_sql("p", len(args) + 1))
+    args += _event_and_outbox_args(snapshot, [_own_event(snapshot, "payment_intent.created", None, {})],
+                                   ["payment_intent.created"])
+    if recovery_key is not None:
+        recovery_sql, recovery_args = idempotency.recovery_point_sql(values["merchant_id"], recovery_key,
+                                                                     payment_id, len(args) + 1)
+        sql += f", k AS ({recovery_sql})"
+        args += recovery_args
+    record = await conn.fetchrow(sql + " SELECT * FROM p", *args)
     assert record is not None
     return record
 
 
-async def transition(conn: asyncpg.Connection, row: asyncpg.Record, action: Action, changes: Mapping[str, Any],
-                     events: Sequence[str] = (), bank: Mapping[str, Any] | None = None) -> asyncpg.Record:
+def preview(row: Mapping[str, Any], action: Action, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The row as `transition` will leave it (for rendering the reply stored with it)."""
+    return {**dict(row), **changes, "status": next_status(row["status"], action)}
+
+
+async def transition(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record, action: Action,
+                     changes: Mapping[str, Any], events: Sequence[str] = (), bank: Mapping[str, Any] | None = None,
+                     along: Along = Along()) -> asyncpg.Record:
     """Move `row` by `action` (checked against the state machine), under the version check, with its
-    payment event and outbox events: one statement, so all or nothing even outside a transaction."""
-    status = next_status(row["status"], action)
-    changes = {**changes, "status": status}
+    payment event, outbox events and whatever comes `along`: one statement, so all or nothing even
+    outside a transaction."""
+    snapshot = preview(row, action, changes)
+    changes = {**changes, "status": snapshot["status"]}
     columns = list(changes)
     sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
-    snapshot = {**dict(row), **changes}
-    record = await conn.fetchrow(
-        f"WITH u AS (UPDATE payment_orders SET {sets}, version = version + 1 "
-        f"WHERE id = $1 AND version = $2 RETURNING *)" + _event_and_outbox_sql("u", len(columns) + 3)
-        + " SELECT * FROM u",
-        row["id"], row["version"], *[changes[c] for c in columns],
-        *_event_and_outbox_args(snapshot, f"payment_intent.{action}", row["status"], dict(bank or {}), events),
-    )
+    args: list[Any] = [row["id"], row["version"], *[changes[c] for c in columns]]
+    history = [_own_event(snapshot, f"payment_intent.{action}", row["status"], bank or {})]
+    if along.earlier is not None:
+        history.insert(0, along.earlier)
+    sql = (f"WITH u AS (UPDATE payment_orders SET {sets}, version = version + 1 "
+           f"WHERE id = $1 AND version = $2 RETURNING *)" + _event_and_outbox_sql("u", len(args) + 1))
+    args += _event_and_outbox_args(snapshot, history, events)
+    if along.ledger:
+        sql += _ledger_sql("u", len(args) + 1)
+        args += [new_id("txn"), along.ledger_description, *_ledger_args(row, along.ledger)]
+    if along.finish is not None:
+        finish_sql, finish_args = idempotency.finish_sql(row["merchant_id"], *along.finish, len(args) + 1)
+        sql += f", k AS ({finish_sql} AND EXISTS (SELECT 1 FROM u))"
+        args += finish_args
+    record = await conn.fetchrow(sql + " SELECT * FROM u", *args)
     if record is None:
         raise VersionConflict(row["id"])
     return record
@@ -73,25 +118,50 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+def _own_event(snapshot: Mapping[str, Any], event_type: str, from_status: str | None,
+               data: Mapping[str, Any]) -> PaymentEvent:
+    return PaymentEvent(event_type, from_status, snapshot["status"], data)
+
+
 def _event_and_outbox_sql(source: str, first: int) -> str:
-    """CTEs appending the payment event and the outbox rows for the row in `source`."""
+    """CTEs appending the payment events (in order) and the outbox rows for the row in `source`."""
     n = first
     return (
         f", e AS (INSERT INTO payment_events (payment_id, merchant_id, type, from_status, to_status, data) "
-        f"SELECT id, merchant_id, ${n}, ${n + 1}, status, ${n + 2} FROM {source})"
+        f"SELECT s.id, s.merchant_id, h.type, h.from_status, h.to_status, h.data FROM {source} s, "
+        f"unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::jsonb[]) WITH ORDINALITY "
+        f"AS h(type, from_status, to_status, data, position) ORDER BY h.position)"
         f", o AS (INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
         f"SELECT x.id, s.merchant_id, x.type, s.id, x.payload, x.created FROM {source} s, "
-        f"unnest(${n + 3}::text[], ${n + 4}::text[], ${n + 5}::jsonb[], ${n + 6}::bigint[]) "
+        f"unnest(${n + 4}::text[], ${n + 5}::text[], ${n + 6}::jsonb[], ${n + 7}::bigint[]) "
         f"AS x(id, type, payload, created))"
     )
 
 
-def _event_and_outbox_args(snapshot: Mapping[str, Any], event_type: str, from_status: str | None,
-                           data: Mapping[str, Any], outbox_types: Sequence[str]) -> list[Any]:
+def _event_and_outbox_args(snapshot: Mapping[str, Any], history: Sequence[PaymentEvent],
+                           outbox_types: Sequence[str]) -> list[Any]:
     obj = payment_intent_object(snapshot)
     events = [event_object(t, obj) for t in outbox_types]
-    return [event_type, from_status, dict(data), [e["id"] for e in events], [e["type"] for e in events],
-            events, [e["created"] for e in events]]
+    return [[h.type for h in history], [h.from_status for h in history], [h.to_status for h in history],
+            [dict(h.data) for h in history],
+            [e["id"] for e in events], [e["type"] for e in events], events, [e["created"] for e in events]]
+
+
+def _ledger_sql(source: str, first: int) -> str:
+    n = first
+    return (f", l AS (INSERT INTO ledger_entries (entry_group, merchant_id, payment_id, account, amount, currency, "
+            f"description) SELECT ${n}, s.merchant_id, s.id, x.account, x.amount, s.currency, ${n + 1} "
+            f"FROM {source} s, unnest(${n + 2}::text[], ${n + 3}::bigint[]) AS x(account, amount))")
+
+
+def _ledger_args(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> list[Any]:
+    _check_balanced(row, movements)
+    return [[account for account, _ in movements], [amount for _, amount in movements]]
+
+
+def _check_balanced(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> None:
+    if sum(amount for _, amount in movements) != 0:
+        raise ValueError(f"unbalanced ledger group for {row['id']}: {movements}")
 
 
 async def append_event(conn: asyncpg.Connection, row: asyncpg.Record, event_type: str, from_status: str | None,
@@ -106,8 +176,7 @@ async def append_event(conn: asyncpg.Connection, row: asyncpg.Record, event_type
 async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements: Sequence[tuple[str, int]],
                        description: str) -> None:
     """One double-entry group: the amounts must sum to zero."""
-    if sum(amount for _, amount in movements) != 0:
-        raise ValueError(f"unbalanced ledger group for {row['id']}: {movements}")
+    _check_balanced(row, movements)
     group = new_id("txn")
     await conn.executemany(
         "INSERT INTO ledger_entries (entry_group, merchant_id, payment_id, account, amount, currency, description) "

@@ -402,18 +402,20 @@ class CardVault:
     # -- read ----------------------------------------------------------------------------------
 
     async def get_many(self, requests: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
-        """Batch `get`: (merchant_id, token) each; one Ray call for a shard's micro-batch."""
-        return list(await asyncio.gather(*[self.get(merchant_id, token) for merchant_id, token in requests]))
+        """The PaymentMethods, (merchant_id, token) each, in one query; None for an unknown token or
+        another merchant's (the gateway: 404). One Ray call and one statement per shard micro-batch."""
+        pool, _, _ = await self._ready()
+        wanted = [(merchant_id, await self.resolve_test_payment_method(merchant_id, token))
+                  for merchant_id, token in requests]
+        rows = await pool.fetch(
+            f"SELECT merchant_id, {_PUBLIC_COLUMNS} FROM cards WHERE token = ANY($1::text[])",
+            list({token for _, token in wanted}))
+        found = {(row["merchant_id"], row["token"]): row for row in rows}
+        return [payment_method_object(found[key]) if key in found else None for key in wanted]
 
     async def get(self, merchant_id: str, token: str) -> dict[str, Any] | None:
-        """The PaymentMethod, or None for an unknown token or another merchant's (the gateway: 404)."""
-        pool, _, _ = await self._ready()
-        if token in TEST_PAYMENT_METHODS:
-            token = await self.resolve_test_payment_method(merchant_id, token)
-        row = await pool.fetchrow(
-            f"SELECT {_PUBLIC_COLUMNS} FROM cards WHERE token = $1 AND merchant_id = $2", token, merchant_id
-        )
-        return payment_method_object(row) if row else None
+        [card] = await self.get_many([(merchant_id, token)])
+        return card
 
     async def resolve_test_payment_method(self, merchant_id: str, pm_id: str) -> str:
         """The merchant's real `pm_…` for a Stripe test id such as `pm_card_visa`; other ids unchanged."""
