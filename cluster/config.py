@@ -32,6 +32,7 @@ class Config:
     data_dir: Path
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    http_keepalive_s: float = 75.0
     ledger_dsn: str | None = None
     vault_dsn: str | None = None
     kafka_bootstrap: str | None = None
@@ -170,6 +171,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         data_dir=data_dir,
         http_host=env.get("PAYGATE_HTTP_HOST") or "127.0.0.1",
         http_port=_int(env, "PAYGATE_HTTP_PORT", 8000, 0, 65535),
+        http_keepalive_s=_float(env, "PAYGATE_HTTP_KEEPALIVE_S", 75.0, 1, 3600),
         ledger_dsn=_dsn(env, "PAYGATE_LEDGER_DSN"),
         vault_dsn=_dsn(env, "PAYGATE_VAULT_DSN"),
         kafka_bootstrap=_bootstrap(env, "PAYGATE_KAFKA_BOOTSTRAP"),

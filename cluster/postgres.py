@@ -22,6 +22,7 @@ _SERVER_SETTINGS = [
     "-c", "fsync=on",
     "-c", "listen_addresses=127.0.0.1",
     "-c", "log_min_messages=warning",
+    "-c", "autovacuum_naptime=10s",  # queue tables (see migration 0007) need vacuuming within seconds
 ]
 
 

@@ -14,8 +14,11 @@ def main() -> None:
     config.log_dir.mkdir(parents=True, exist_ok=True)
     setup_logging("gateway", config.log_level, str(config.log_dir / "gateway.log"))
     ssl = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} if config.tls_cert else {}
+    # Keep-alive longer than the usual load balancer's idle timeout (60 s): the balancer, not we,
+    # closes idle connections, so it never reuses one we are closing at that instant.
     uvicorn.run(create_app(config), host=config.http_host, port=config.http_port, log_config=None,
-                access_log=False, server_header=False, **ssl)  # type: ignore[arg-type]
+                access_log=False, server_header=False, timeout_keep_alive=int(config.http_keepalive_s),
+                **ssl)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

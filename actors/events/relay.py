@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 import ray
@@ -31,6 +32,11 @@ log = logging.getLogger("paygate.relay")
 
 IDLE_SLEEP_S = 0.02
 
+_CLAIM = ("SELECT id, object_id, type, payload::text AS payload FROM outbox_events WHERE {due} "
+          "AND ($1 = 1 OR abs(hashtext(object_id)) % $1 = $2) ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED")
+_UNPUBLISHED = _CLAIM.format(due="published_at IS NULL")
+_UNDISPATCHED = _CLAIM.format(due="dispatched_at IS NULL AND published_at < now() - make_interval(secs => $4)")
+
 
 class OutboxRelay:
     def __init__(self, index: int, relays: int, ledger_dsn: str, bootstrap: str, republish_after_s: float = 30.0,
@@ -41,6 +47,7 @@ class OutboxRelay:
         self.pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
         self.published = 0
+        self.next_sweep = 0.0
         self._loop: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         autostart(self.start, "outbox relay")
@@ -89,17 +96,21 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    @property
+    def _sweep_every_s(self) -> float:
+        return min(max(self.republish_after_s / 4, 0.1), 5.0)
+
     async def relay_once(self) -> int:
-        """Publish one batch; return how many rows it held."""
+        """Publish one batch; return how many rows it held. Mostly new rows (a cheap index scan);
+        every `_sweep_every_s` instead the rows published long ago and still not dispatched."""
         assert self.pool is not None
+        sweep = time.monotonic() >= self.next_sweep
+        if sweep:
+            self.next_sweep = time.monotonic() + self._sweep_every_s
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, object_id, type, payload::text AS payload FROM outbox_events "
-                "WHERE (published_at IS NULL OR (dispatched_at IS NULL "
-                "       AND published_at < now() - make_interval(secs => $1))) "
-                "  AND ($2 = 1 OR abs(hashtext(object_id)) % $2 = $3) "
-                "ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED",
-                self.republish_after_s, self.relays, self.index, self.batch_size)
+                _UNDISPATCHED if sweep else _UNPUBLISHED, self.relays, self.index, self.batch_size,
+                *([self.republish_after_s] if sweep else []))
             if not rows:
                 return 0
             producer = await self._producer()

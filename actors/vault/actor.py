@@ -44,6 +44,7 @@ from actors.vault.crypto import (
     rewrap,
     seal,
 )
+from cluster.db import keep_session
 from cluster.migrate import apply_migrations
 
 log = logging.getLogger("paygate.vault")
@@ -283,7 +284,7 @@ class CardVault:
             self._ring = await asyncio.to_thread(KeyRing.load, self._kek_path)
             self._fingerprint_key = await asyncio.to_thread(load_fingerprint_key, self._fingerprint_key_path)
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_max_size, init=_init_connection
+                self._dsn, min_size=1, max_size=self._pool_max_size, init=_init_connection, reset=keep_session
             )
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="vault-cvc-sweeper")
             if await self._stale_count(self._ring.active):
