@@ -23,6 +23,7 @@ class _Bucket:
 class Lease:
     granted: int
     retry_after_s: float
+    rate_per_s: float = 0.0  # the merchant's limit, so the gateway can size its next lease
 
 
 class RateLimiter:
@@ -53,8 +54,8 @@ class RateLimiter:
         granted = min(wanted, int(bucket.tokens))
         bucket.tokens -= granted
         if granted:
-            return Lease(granted, 0.0)
-        return Lease(0, (1.0 - bucket.tokens) / rate)
+            return Lease(granted, 0.0, rate)
+        return Lease(0, (1.0 - bucket.tokens) / rate, rate)
 
     def acquire_many(self, requests: list[tuple[str, int]]) -> list[Lease]:
         now = time.monotonic()

@@ -105,6 +105,9 @@ async def ensure_actors(config: Config) -> dict[str, Any]:
             num_cpus=0,
             max_restarts=-1,
             max_task_retries=0,
+            # Per-call task events (Ray's dashboard/state API) cost CPU in every caller and callee on
+            # the hot path; paygate does not use them (its own logs carry the request ids).
+            enable_task_events=False,
         ).remote(*spec.args)
     for spec in system_actors(config):
         if spec.needs_start:

@@ -13,8 +13,8 @@ from gateway.errors import RateLimited
 class RateLimitClient:
     def __init__(self, limiter: Any, rate_per_s: float) -> None:
         self.limiter = limiter
-        # About 20 leases a second at the configured rate: few Ray calls, little slack.
-        self.lease_size = max(1, min(64, int(rate_per_s / 20)))
+        self.default_lease = _lease_size(rate_per_s)
+        self.lease_sizes: dict[str, int] = {}  # per merchant, from its own limit (operators raise some)
         self.tokens: dict[str, int] = {}
         self.locks: dict[str, asyncio.Lock] = {}
 
@@ -26,8 +26,15 @@ class RateLimitClient:
         lock = self.locks.setdefault(merchant_id, asyncio.Lock())
         async with lock:
             if self.tokens.get(merchant_id, 0) == 0:
-                lease = await self.limiter.acquire.remote(merchant_id, self.lease_size)
+                lease = await self.limiter.acquire.remote(
+                    merchant_id, self.lease_sizes.get(merchant_id, self.default_lease))
+                self.lease_sizes[merchant_id] = _lease_size(lease.rate_per_s or 0)
                 if lease.granted == 0:
                     raise RateLimited(lease.retry_after_s)
                 self.tokens[merchant_id] = lease.granted
             self.tokens[merchant_id] -= 1
+
+
+def _lease_size(rate_per_s: float) -> int:
+    """About 20 leases a second at the merchant's rate: few Ray calls, little slack."""
+    return max(1, min(64, int(rate_per_s / 20)))

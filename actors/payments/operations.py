@@ -104,11 +104,10 @@ class Operations:
             "metadata": cmd.metadata, "created": int(time.time()),
         }
         pool = self.ports.pool
-        if cmd.confirm and card:
-            # Two statements, no transaction: a crash between them leaves a PaymentIntent awaiting
-            # confirmation, which the retry (found through the recovery point) confirms.
-            row = await store.insert(pool, values, recovery_key=cmd.idempotency)
-            row = await self._begin_authorization(pool, row, card)
+        if cmd.confirm and card:  # created already confirmed: one statement, the recovery point with it
+            confirmed = store.Step("confirm", await self._authorization_changes(pool, values, card),
+                                   events=["payment_intent.processing"])
+            row = await store.insert(pool, values, recovery_key=cmd.idempotency, then=confirmed)
             return await self._authorize(cmd, row, card)
         async with pool.acquire() as conn, conn.transaction():
             row = await store.insert(conn, values, recovery_key=cmd.idempotency)
@@ -134,18 +133,23 @@ class Operations:
 
     async def _begin_authorization(self, conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record,
                                    card: dict[str, Any]) -> asyncpg.Record:
+        return await store.transition(conn, row, "confirm", await self._authorization_changes(conn, row, card),
+                                      events=["payment_intent.processing"])
+
+    async def _authorization_changes(self, conn: asyncpg.Connection | asyncpg.Pool, row: Mapping[str, Any],
+                                     card: dict[str, Any]) -> dict[str, Any]:
         """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
         capture gets its completion's ids now too, so approval leads straight to the capture."""
         automatic = row["capture_method"] == "automatic"
         ids = await self.ports.bank_ids.take(conn, 2 if automatic else 1)
         (stan, rrn), capture = ids[0], ids[1] if automatic else (None, None)
-        return await store.transition(conn, row, "confirm", {
+        return {
             "payment_method": card["id"], "bank_phase": "authorizing", "auth_stan": stan, "auth_rrn": rrn,
             "pending_stan": capture[0], "pending_rrn": capture[1],
             "pending_amount": row["amount"] if automatic else None,
             "processing_since": _now(), "last_payment_error": None, "latest_charge": new_id("ch"),
             "charge": {"card": _charge_card(card), "status": "pending", "created": int(time.time())},
-        }, events=["payment_intent.processing"])
+        }
 
     async def _authorize(self, cmd: PaymentCommand, row: asyncpg.Record, card: dict[str, Any]) -> Reply:
         decision = await self.ports.risk.assess(row, card, cmd.risk)

@@ -52,20 +52,35 @@ class Along:
     finish: tuple[Idempotency, Reply] | None = None  # the key's stored reply (or its deletion)
 
 
+@dataclass(frozen=True)
+class Step:
+    """A transition applied to a new row as it is inserted (create-and-confirm): one statement."""
+
+    action: Action
+    changes: Mapping[str, Any]
+    events: Sequence[str] = ()
+
+
 async def insert(conn: asyncpg.Connection | asyncpg.Pool, values: Mapping[str, Any],
-                 recovery_key: Idempotency | None = None) -> asyncpg.Record:
-    """A new PaymentIntent, its `created` event and outbox row — and the idempotency key's recovery
-    point, when given — in one statement."""
+                 recovery_key: Idempotency | None = None, then: Step | None = None) -> asyncpg.Record:
+    """A new PaymentIntent, its `created` event and outbox row — moved on by `then` with that step's
+    events too, and the idempotency key's recovery point recorded, when given — in one statement."""
     payment_id = new_id("pi")
     row = {"id": payment_id, "client_secret": f"{payment_id}_secret_{secrets.token_urlsafe(18)}", **values}
+    created = {**_DEFAULTS, **row}
+    history = [_own_event(created, "payment_intent.created", None, {})]
+    outbox: list[tuple[Mapping[str, Any], Sequence[str]]] = [(created, ["payment_intent.created"])]
+    if then is not None:
+        moved = preview(created, then.action, then.changes)
+        history.append(_own_event(moved, f"payment_intent.{then.action}", created["status"], {}))
+        outbox.append((moved, then.events))
+        row = {**row, **then.changes, "status": moved["status"]}
     columns = list(row)
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    snapshot = {**_DEFAULTS, **row}
     args: list[Any] = [row[c] for c in columns]
     sql = (f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *)"
            + _event_and_outbox_sql("p", len(args) + 1))
-    args += _event_and_outbox_args(snapshot, [_own_event(snapshot, "payment_intent.created", None, {})],
-                                   ["payment_intent.created"])
+    args += _event_and_outbox_args(history, outbox)
     if recovery_key is not None:
         recovery_sql, recovery_args = idempotency.recovery_point_sql(values["merchant_id"], recovery_key,
                                                                      payment_id, len(args) + 1)
@@ -97,7 +112,7 @@ async def transition(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Recor
         history.insert(0, along.earlier)
     sql = (f"WITH u AS (UPDATE payment_orders SET {sets}, version = version + 1 "
            f"WHERE id = $1 AND version = $2 RETURNING *)" + _event_and_outbox_sql("u", len(args) + 1))
-    args += _event_and_outbox_args(snapshot, history, events)
+    args += _event_and_outbox_args(history, [(snapshot, events)])
     if along.ledger:
         sql += _ledger_sql("u", len(args) + 1)
         args += [new_id("txn"), along.ledger_description, *_ledger_args(row, along.ledger)]
@@ -138,10 +153,11 @@ def _event_and_outbox_sql(source: str, first: int) -> str:
     )
 
 
-def _event_and_outbox_args(snapshot: Mapping[str, Any], history: Sequence[PaymentEvent],
-                           outbox_types: Sequence[str]) -> list[Any]:
-    obj = payment_intent_object(snapshot)
-    events = [event_object(t, obj) for t in outbox_types]
+def _event_and_outbox_args(history: Sequence[PaymentEvent],
+                           outbox: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> list[Any]:
+    """Arguments for `_event_and_outbox_sql`: the history rows, and each outbox group's events
+    rendered from the row as it was at that point."""
+    events = [event_object(t, payment_intent_object(snapshot)) for snapshot, types in outbox for t in types]
     return [[h.type for h in history], [h.from_status for h in history], [h.to_status for h in history],
             [dict(h.data) for h in history],
             [e["id"] for e in events], [e["type"] for e in events], events, [e["created"] for e in events]]
