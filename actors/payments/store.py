@@ -102,6 +102,7 @@ async def transition(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Recor
     """Move `row` by `action` (checked against the state machine), under the version check, with its
     payment event, outbox events and whatever comes `along`: one statement, so all or nothing even
     outside a transaction."""
+    _check_balanced(row, along.ledger)
     snapshot = preview(row, action, changes)
     changes = {**changes, "status": snapshot["status"]}
     columns = list(changes)
@@ -115,7 +116,7 @@ async def transition(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Recor
     args += _event_and_outbox_args(history, [(snapshot, events)])
     if along.ledger:
         sql += _ledger_sql("u", len(args) + 1)
-        args += [new_id("txn"), along.ledger_description, *_ledger_args(row, along.ledger)]
+        args += [new_id("txn"), along.ledger_description, *_ledger_args(along.ledger)]
     if along.finish is not None:
         finish_sql, finish_args = idempotency.finish_sql(row["merchant_id"], *along.finish, len(args) + 1)
         sql += f", k AS ({finish_sql} AND EXISTS (SELECT 1 FROM u))"
@@ -170,8 +171,7 @@ def _ledger_sql(source: str, first: int) -> str:
             f"FROM {source} s, unnest(${n + 2}::text[], ${n + 3}::bigint[]) AS x(account, amount))")
 
 
-def _ledger_args(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> list[Any]:
-    _check_balanced(row, movements)
+def _ledger_args(movements: Sequence[tuple[str, int]]) -> list[Any]:
     return [[account for account, _ in movements], [amount for _, amount in movements]]
 
 
