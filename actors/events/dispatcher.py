@@ -38,6 +38,7 @@ log = logging.getLogger("paygate.webhooks")
 CONSUMER_GROUP = "paygate-webhooks"
 RESPONSE_PREFIX_CHARS = 200
 CLAIM_INTERVAL_S = 0.05
+HEAD_WINDOW = 1024  # per endpoint; see _claim_due
 
 
 @dataclass(frozen=True)
@@ -194,13 +195,24 @@ class WebhookDispatcher:
     async def _claim_due(self, limit: int) -> list[asyncpg.Record]:
         """Lease due deliveries that head their (endpoint, payment) queue: one payment's events go
         out one after another, in the order they were made. The UPDATE re-checks the due time
-        under the row lock, so two dispatchers never lease the same delivery."""
+        under the row lock, so two dispatchers never lease the same delivery.
+
+        Heads are looked for among each endpoint's oldest HEAD_WINDOW pending deliveries, not the
+        whole backlog (which a busy minute makes tens of thousands of rows long): the window is a
+        prefix in event order, so any earlier delivery of the same payment is inside it too, and
+        a head found there is the true head. (An endpoint with more than HEAD_WINDOW deliveries
+        waiting out retries delays its newer events until those are delivered or given up.)"""
         assert self.pool is not None
         return await self.pool.fetch(
-            "WITH heads AS ("
+            "WITH windowed AS ("
+            "  SELECT d.* FROM webhook_endpoints e CROSS JOIN LATERAL ("
+            "    SELECT id, endpoint_id, ordering_key, next_attempt_at, event_seq FROM webhook_deliveries "
+            "    WHERE endpoint_id = e.id AND status = 'pending' AND NOT manual "
+            "    ORDER BY event_seq LIMIT $3) d "
+            "  WHERE e.deleted_at IS NULL AND e.status = 'enabled'), "
+            "heads AS ("
             "  SELECT DISTINCT ON (endpoint_id, ordering_key) id, next_attempt_at, event_seq "
-            "  FROM webhook_deliveries WHERE status = 'pending' AND NOT manual "
-            "  ORDER BY endpoint_id, ordering_key, event_seq), "
+            "  FROM windowed ORDER BY endpoint_id, ordering_key, event_seq), "
             "due AS ("
             "  SELECT id, event_seq FROM heads WHERE next_attempt_at <= now() "
             "  UNION ALL SELECT id, event_seq FROM webhook_deliveries "
@@ -212,7 +224,7 @@ class WebhookDispatcher:
             "  AND w.id = d.endpoint_id AND w.deleted_at IS NULL AND w.status = 'enabled' "
             "RETURNING d.*, w.url, w.secret, "
             "(SELECT payload::text FROM outbox_events o WHERE o.id = d.event_id) AS payload",
-            limit, self.policy.lease_s)
+            limit, self.policy.lease_s, HEAD_WINDOW)
 
     async def _deliver(self, delivery: asyncpg.Record) -> None:
         assert self.http is not None
