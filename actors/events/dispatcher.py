@@ -38,7 +38,7 @@ log = logging.getLogger("paygate.webhooks")
 CONSUMER_GROUP = "paygate-webhooks"
 RESPONSE_PREFIX_CHARS = 200
 CLAIM_INTERVAL_S = 0.05
-HEAD_WINDOW = 1024  # per endpoint; see _claim_due
+HEAD_WINDOW = 256  # per endpoint; see _claim_due
 
 
 @dataclass(frozen=True)
