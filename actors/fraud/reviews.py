@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from actors.payments import store
 from actors.payments.render import event_object
 
 
@@ -55,9 +56,6 @@ async def open_if_flagged(conn: asyncpg.Connection, row: Mapping[str, Any]) -> s
     if inserted is None:  # already opened (a replayed approval): one review, one event
         return str(review_id)
     event = event_object("review.opened", review_object(review_id, row, outcome, created))
-    await conn.execute(
-        "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
-        "VALUES ($1, $2, $3, $4, $5, $6)", event["id"], row["merchant_id"], event["type"], row["id"], event,
-        event["created"])  # keyed by the payment, so it is ordered with the payment's own events
+    await store.append_outbox(conn, row["merchant_id"], row["id"], [event])
     return str(review_id)
 

@@ -22,7 +22,7 @@ from actors.ids import new_id
 from actors.payments import idempotency, store
 from actors.payments.messages import PaymentCommand, Reply
 from actors.payments.operations import Ports, failure
-from actors.payments.render import dumps, event_object
+from actors.payments.render import charge_object, dumps, event_object
 
 
 def refund_object(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,13 +41,8 @@ async def refund_outbox(conn: asyncpg.Connection, refund: asyncpg.Record, types:
     obj = refund_object(refund)
     events = [event_object(t, obj) for t in types]
     if payment is not None:
-        from actors.payments.render import charge_object
-
         events.append(event_object("charge.refunded", charge_object(payment) or {}))
-    await conn.executemany(
-        "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) VALUES ($1,$2,$3,$4,$5,$6)",
-        # Keyed by the payment, like its own events: one payment's events stay in order end to end.
-        [(e["id"], refund["merchant_id"], e["type"], refund["payment_id"], e, e["created"]) for e in events])
+    await store.append_outbox(conn, refund["merchant_id"], refund["payment_id"], events)
 
 
 async def book_refund(conn: asyncpg.Connection, refund: asyncpg.Record,

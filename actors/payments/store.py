@@ -160,8 +160,22 @@ def _event_and_outbox_args(history: Sequence[PaymentEvent],
     rendered from the row as it was at that point."""
     events = [event_object(t, payment_intent_object(snapshot)) for snapshot, types in outbox for t in types]
     return [[h.type for h in history], [h.from_status for h in history], [h.to_status for h in history],
-            [dict(h.data) for h in history],
-            [e["id"] for e in events], [e["type"] for e in events], events, [e["created"] for e in events]]
+            [dict(h.data) for h in history], *_outbox_args(events)]
+
+
+def _outbox_args(events: Sequence[Mapping[str, Any]]) -> list[Any]:
+    return [[e["id"] for e in events], [e["type"] for e in events], list(events), [e["created"] for e in events]]
+
+
+async def append_outbox(conn: asyncpg.Connection, merchant_id: str, payment_id: str,
+                        events: Sequence[Mapping[str, Any]]) -> None:
+    """Outbox rows written outside a transition (refunds, reviews), in the caller's transaction.
+    Keyed by the payment, like its own events: one payment's events stay in order end to end."""
+    await conn.execute(
+        "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
+        "SELECT x.id, $1, x.type, $2, x.payload, x.created "
+        "FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::bigint[]) AS x(id, type, payload, created)",
+        merchant_id, payment_id, *_outbox_args(events))
 
 
 def _ledger_sql(source: str, first: int) -> str:
@@ -191,15 +205,13 @@ async def append_event(conn: asyncpg.Connection, row: asyncpg.Record, event_type
 
 async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements: Sequence[tuple[str, int]],
                        description: str) -> None:
-    """One double-entry group: the amounts must sum to zero."""
+    """One double-entry group outside a transition (refunds): the amounts must sum to zero. The
+    same INSERT as a transition's `Along.ledger`, on the payment row's ids."""
     _check_balanced(row, movements)
-    group = new_id("txn")
-    await conn.executemany(
-        "INSERT INTO ledger_entries (entry_group, merchant_id, payment_id, account, amount, currency, description) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        [(group, row["merchant_id"], row["id"], account, amount, row["currency"], description)
-         for account, amount in movements],
-    )
+    await conn.execute(
+        "WITH s AS (SELECT $1::text AS id, $2::text AS merchant_id, $3::text AS currency)" + _ledger_sql("s", 4)
+        + " SELECT 1", row["id"], row["merchant_id"], row["currency"], new_id("txn"), description,
+        *_ledger_args(movements))
 
 
 class BankIds:
