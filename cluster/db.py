@@ -13,7 +13,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def keep_session(conn: asyncpg.Connection) -> None:
+async def _keep_session(conn: asyncpg.Connection) -> None:
     """Released connections skip asyncpg's default reset (`RESET ALL`, `CLOSE ALL`, `UNLISTEN *`,
     advisory unlock: a round trip on every release). Nothing here changes session state — advisory
     locks are transaction-level, no LISTEN, no session SET — and an open transaction is still rolled
@@ -22,6 +22,6 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     reset=keep_session, **kwargs)
+                                     reset=_keep_session, **kwargs)
     assert pool is not None
     return pool

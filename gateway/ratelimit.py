@@ -28,7 +28,7 @@ class RateLimitClient:
             if self.tokens.get(merchant_id, 0) == 0:
                 lease = await self.limiter.acquire.remote(
                     merchant_id, self.lease_sizes.get(merchant_id, self.default_lease))
-                self.lease_sizes[merchant_id] = _lease_size(lease.rate_per_s or 0)
+                self.lease_sizes[merchant_id] = _lease_size(lease.rate_per_s)
                 if lease.granted == 0:
                     raise RateLimited(lease.retry_after_s)
                 self.tokens[merchant_id] = lease.granted

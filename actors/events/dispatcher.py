@@ -164,8 +164,9 @@ class WebhookDispatcher:
         last_claim = 0.0
         while True:
             try:
-                # Each claim sorts the pending queue: at most CLAIM_INTERVAL_S apart, however busy
-                # (so at most concurrency / CLAIM_INTERVAL_S = 5,120 deliveries a second).
+                # Each claim sorts every endpoint's window of pending deliveries: at most
+                # CLAIM_INTERVAL_S apart, however busy (so at most concurrency / CLAIM_INTERVAL_S =
+                # 5,120 deliveries a second).
                 await asyncio.sleep(max(0.0, last_claim + CLAIM_INTERVAL_S - time.monotonic()))
                 last_claim = time.monotonic()
                 free = self.concurrency - len(in_flight)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
@@ -44,7 +43,7 @@ from actors.vault.crypto import (
     rewrap,
     seal,
 )
-from cluster.db import keep_session
+from cluster.db import create_pool
 from cluster.migrate import apply_migrations
 
 log = logging.getLogger("paygate.vault")
@@ -220,10 +219,6 @@ def _sealed_of(row: Mapping[str, Any]) -> Sealed:
     )
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
 class _LostRace(Exception):
     """Raised inside a transaction to roll it back when another call created the same row first."""
 
@@ -283,9 +278,7 @@ class CardVault:
                 await apply_migrations(self._dsn, "vault")
             self._ring = await asyncio.to_thread(KeyRing.load, self._kek_path)
             self._fingerprint_key = await asyncio.to_thread(load_fingerprint_key, self._fingerprint_key_path)
-            self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_max_size, init=_init_connection, reset=keep_session
-            )
+            self._pool = await create_pool(self._dsn, min_size=1, max_size=self._pool_max_size)
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="vault-cvc-sweeper")
             if await self._stale_count(self._ring.active):
                 self._start_rewrap()  # a rotation was interrupted (crash, restart): finish it
