@@ -6,11 +6,13 @@ import uvicorn
 
 from cluster.config import load_config
 from cluster.logs import setup_logging
+from cluster.procs import raise_open_file_limit
 from gateway.app import create_app
 
 
 def main() -> None:
     config = load_config()
+    raise_open_file_limit()  # one descriptor per client connection, and a merchant can hold many
     config.log_dir.mkdir(parents=True, exist_ok=True)
     setup_logging("gateway", config.log_level, str(config.log_dir / "gateway.log"))
     ssl = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} if config.tls_cert else {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -110,3 +112,26 @@ def test_the_receiver_verifies_signatures_as_stripe_does() -> None:
     assert not verify(body + b" ", header, secret)
     assert not verify(body, header, "whsec_other")
     assert not verify(body, sign(body, secret, timestamp=1), secret)  # outside the 300 s tolerance
+
+
+def _in_child(code: str, soft: int, hard: int) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter whose open-file limits start at (soft, hard)."""
+    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parent.parent)
+
+
+def test_the_open_file_limit_is_lifted_to_what_is_asked_within_the_hard_limit() -> None:
+    done = _in_child("from cluster.procs import raise_open_file_limit as r; print(r(900), r(5000), r(100))", 256, 1500)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["900", "1500", "1500"]  # never lowered, never past the hard limit
+
+
+def test_a_concurrency_the_open_file_limit_cannot_hold_is_refused_up_front() -> None:
+    code = ("import argparse; from cluster.bench.cli import add_arguments, options_from\n"
+            "p = argparse.ArgumentParser(); add_arguments(p)\n"
+            "print(options_from(p.parse_args(['--concurrency', '{c}'])).concurrency)")
+    assert _in_child(code.format(c=200), 256, 1024).stdout.split() == ["200"]
+    refused = _in_child(code.format(c=1024), 256, 1024)
+    assert refused.returncode == 1
+    assert "--concurrency 1024 needs more open files than this process may have (1024)" in refused.stderr

@@ -4,6 +4,7 @@ the result. Ledger writes go through `store`; the bank is reached only through t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -107,8 +108,13 @@ class Operations:
         if cmd.confirm and card:  # created already confirmed: one statement, the recovery point with it
             confirmed = store.Step("confirm", await self._authorization_changes(pool, values, card),
                                    events=["payment_intent.processing"])
-            row = await store.insert(pool, values, recovery_key=cmd.idempotency, then=confirmed)
-            return await self._authorize(cmd, row, card)
+            # The risk check needs only what the row will hold, so it runs while the row is written:
+            # one hop less on the way to the bank, and this batch's checks travel together.
+            payment_id = new_id("pi")
+            row, decision = await asyncio.gather(
+                store.insert(pool, values, recovery_key=cmd.idempotency, then=confirmed, payment_id=payment_id),
+                self.ports.risk.assess({**values, **confirmed.changes, "id": payment_id}, card, cmd.risk))
+            return await self._authorize(cmd, row, card, decision)
         async with pool.acquire() as conn, conn.transaction():
             row = await store.insert(conn, values, recovery_key=cmd.idempotency)
             reply = ok(row)
@@ -151,8 +157,9 @@ class Operations:
             "charge": {"card": _charge_card(card), "status": "pending", "created": int(time.time())},
         }
 
-    async def _authorize(self, cmd: PaymentCommand, row: asyncpg.Record, card: dict[str, Any]) -> Reply:
-        decision = await self.ports.risk.assess(row, card, cmd.risk)
+    async def _authorize(self, cmd: PaymentCommand, row: asyncpg.Record, card: dict[str, Any],
+                         decision: RiskDecision | None = None) -> Reply:
+        decision = decision or await self.ports.risk.assess(row, card, cmd.risk)
         if decision.outcome == "blocked":
             return await self._fail(cmd, row, "fraudulent", decision=decision)
         completion = (row["pending_stan"], row["pending_rrn"]) if row["capture_method"] == "automatic" else None

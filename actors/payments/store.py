@@ -62,10 +62,12 @@ class Step:
 
 
 async def insert(conn: asyncpg.Connection | asyncpg.Pool, values: Mapping[str, Any],
-                 recovery_key: Idempotency | None = None, then: Step | None = None) -> asyncpg.Record:
-    """A new PaymentIntent, its `created` event and outbox row — moved on by `then` with that step's
-    events too, and the idempotency key's recovery point recorded, when given — in one statement."""
-    payment_id = new_id("pi")
+                 recovery_key: Idempotency | None = None, then: Step | None = None,
+                 payment_id: str | None = None) -> asyncpg.Record:
+    """A new PaymentIntent (with `payment_id`, or a new one), its `created` event and outbox row —
+    moved on by `then` with that step's events too, and the idempotency key's recovery point
+    recorded, when given — in one statement."""
+    payment_id = payment_id or new_id("pi")
     row = {"id": payment_id, "client_secret": f"{payment_id}_secret_{secrets.token_urlsafe(18)}", **values}
     created = {**_DEFAULTS, **row}
     history = [_own_event(created, "payment_intent.created", None, {})]

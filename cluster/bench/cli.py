@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="payments started per second, open loop (default 100)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals (default 10)")
     p.add_argument("--count", type=int, help="payments in total instead of --duration")
-    p.add_argument("--concurrency", type=int, default=256, help="connections (requests in flight) at most (256)")
+    p.add_argument("--concurrency", type=int, default=1024,
+                   help="connections (requests in flight) at most (1024)")
     p.add_argument("--merchants", type=int, default=4, help="bench merchants the payments spread over (4)")
     p.add_argument("--bank-latency-ms", type=int, default=0, help="banksim answer delay (local stack only)")
     p.add_argument("--url", help="a running paygate instead of starting a local stack")
@@ -80,10 +81,15 @@ def _target(args: argparse.Namespace) -> Target | None:
 
 
 def options_from(args: argparse.Namespace, argv: list[str] | None = None) -> BenchOptions:
-    from cluster.bench.runner import BenchOptions
+    from cluster.bench.runner import BenchOptions, open_files_for
+    from cluster.procs import raise_open_file_limit
 
     if args.rate <= 0 or args.concurrency < 1 or args.merchants < 1 or (args.count is not None and args.count < 1):
         raise SystemExit("paygate bench: --rate, --concurrency, --merchants and --count must be positive")
+    open_files = raise_open_file_limit(open_files_for(args.concurrency))
+    if open_files < args.concurrency + 64:
+        raise SystemExit(f"paygate bench: --concurrency {args.concurrency} needs more open files than this process "
+                         f"may have ({open_files}): lower it, or raise the hard limit (ulimit -Hn)")
     return BenchOptions(
         scenario=args.scenario, rate=args.rate, duration_s=args.duration, count=args.count,
         concurrency=args.concurrency, merchants=args.merchants, bank_latency_ms=args.bank_latency_ms,

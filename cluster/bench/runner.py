@@ -29,6 +29,7 @@ from cluster.bench.receiver import ReceiverProcess
 from cluster.bench.report import print_report, ratios, resources, throughput, write
 from cluster.bench.scenarios import SCENARIOS
 from cluster.bench.stats import Recorder
+from cluster.procs import raise_open_file_limit
 
 
 @dataclass
@@ -37,7 +38,7 @@ class BenchOptions:
     rate: float = 100.0  # payments started per second (open loop)
     duration_s: float | None = 10.0
     count: int | None = None  # payments in total; wins over duration_s
-    concurrency: int = 256  # connections (requests in flight) at most
+    concurrency: int = 1024  # connections (requests in flight) at most; see README, Load model
     merchants: int = 4
     bank_latency_ms: int = 0  # only for a stack the bench starts itself
     results_dir: Path | None = None
@@ -76,10 +77,16 @@ class BenchResult:
         return self.audit is None or self.audit.ok
 
 
+def open_files_for(concurrency: int) -> int:
+    """What the client's connections need, with room for the receiver's and a local gateway's."""
+    return 2 * concurrency + 256
+
+
 def run_bench(options: BenchOptions, target: Target | None = None) -> BenchResult:
     """Run one bench; with no target, against a local stack started (and stopped) for it."""
     if options.scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {options.scenario!r}; one of {', '.join(SCENARIOS)}")
+    raise_open_file_limit(open_files_for(options.concurrency))  # a local stack started from here inherits it
     launched = None
     if target is None:
         launched = LaunchedStack(options.bank_latency_ms, options.keep_data)
