@@ -28,6 +28,8 @@ def raise_open_file_limit(wanted: int | None = None) -> int:
     a server or load client holding a thousand connections needs more than the usual soft 1,024.
     Returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
     target = hard if wanted is None else max(soft, wanted)
     if hard != resource.RLIM_INFINITY:
         target = min(target, hard)
