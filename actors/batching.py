@@ -6,7 +6,9 @@ link → vault) goes through one of these.
 Self-clocking: while fewer than `max_in_flight` calls are out, a batch leaves at the end of the
 current event-loop turn (so requests that arrived together travel together, and an idle hop adds
 no delay); otherwise items queue until a call returns — or `max_wait_s` has passed, so one slow
-call cannot hold the queue for long. Under load, batches grow by themselves."""
+call cannot hold the queue for long. Under load, batches grow by themselves. One call in flight
+by default: at saturation that carried 6-9% more payments/s than two (three paired bench runs),
+because each call then carries what arrived during the whole previous round trip."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ Result = TypeVar("Result")
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]],
-                 max_items: int = 128, max_in_flight: int = 2, max_wait_s: float = 0.005) -> None:
+                 max_items: int = 128, max_in_flight: int = 1, max_wait_s: float = 0.005) -> None:
         self.send = send
         self.max_items = max_items
         self.max_in_flight = max_in_flight
