@@ -28,9 +28,6 @@ TEST_ENV = {
     "PAYGATE_WEBHOOK_BACKOFF_S": "0.2",
     "PAYGATE_WEBHOOK_TIMEOUT_S": "2",
     "PAYGATE_OUTBOX_REPUBLISH_S": "3",
-    # Two shards whatever the machine (the default follows the cores), so routing by merchant and
-    # a shard crash that leaves the other shard's merchants alone stay under test.
-    "PAYGATE_SHARDS": "2",
 }
 
 
