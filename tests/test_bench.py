@@ -133,5 +133,5 @@ def test_a_concurrency_the_open_file_limit_cannot_hold_is_refused_up_front() -> 
             "print(options_from(p.parse_args(['--concurrency', '{c}'])).concurrency)")
     assert _in_child(code.format(c=200), 256, 1024).stdout.split() == ["200"]
     refused = _in_child(code.format(c=1024), 256, 1024)
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # bad usage
     assert "--concurrency 1024 needs more open files than this process may have (1024)" in refused.stderr

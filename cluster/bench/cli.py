@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # the heavy modules load only when a bench runs, not for `paygate --help`
     from cluster.bench.launch import Target
@@ -58,6 +58,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     bench.set_defaults(func=cmd_bench)
 
 
+def _usage_error(message: str) -> NoReturn:
+    print(f"paygate bench: {message}", file=sys.stderr)
+    raise SystemExit(2)  # the exit code for bad usage (see above), not SystemExit(message)'s 1
+
+
 def _target(args: argparse.Namespace) -> Target | None:
     from urllib.parse import urlsplit
 
@@ -71,7 +76,7 @@ def _target(args: argparse.Namespace) -> Target | None:
     if not admin_key and not args.key and info:
         admin_key = (Path(info["data_dir"]) / "secrets" / "admin_key").read_text().strip()
     if not admin_key and not args.key:
-        raise SystemExit("paygate bench: --url needs --key or --admin-key (or --data-dir of a local `paygate up`)")
+        _usage_error("--url needs --key or --admin-key (or --data-dir of a local `paygate up`)")
     parts = urlsplit(args.url)
     pid = listener_pid(parts.port or 80) if parts.hostname in ("127.0.0.1", "localhost", "::1") else None
     return Target(args.url.rstrip("/"), admin_key=admin_key, key=args.key,
@@ -85,11 +90,11 @@ def options_from(args: argparse.Namespace, argv: list[str] | None = None) -> Ben
     from cluster.procs import raise_open_file_limit
 
     if args.rate <= 0 or args.concurrency < 1 or args.merchants < 1 or (args.count is not None and args.count < 1):
-        raise SystemExit("paygate bench: --rate, --concurrency, --merchants and --count must be positive")
+        _usage_error("--rate, --concurrency, --merchants and --count must be positive")
     open_files = raise_open_file_limit(open_files_for(args.concurrency))
     if open_files < args.concurrency + 64:
-        raise SystemExit(f"paygate bench: --concurrency {args.concurrency} needs more open files than this process "
-                         f"may have ({open_files}): lower it, or raise the hard limit (ulimit -Hn)")
+        _usage_error(f"--concurrency {args.concurrency} needs more open files than this process may have "
+                     f"({open_files}): lower it, or raise the hard limit (ulimit -Hn)")
     return BenchOptions(
         scenario=args.scenario, rate=args.rate, duration_s=args.duration, count=args.count,
         concurrency=args.concurrency, merchants=args.merchants, bank_latency_ms=args.bank_latency_ms,
