@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -25,3 +26,8 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10, **kwargs:
                                      reset=_keep_session, **kwargs)
     assert pool is not None
     return pool
+
+
+def as_columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as column arrays, for one `INSERT … SELECT … FROM unnest(…)` instead of a statement per row."""
+    return [[row[i] for row in rows] for i in range(width)]

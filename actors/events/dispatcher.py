@@ -31,7 +31,7 @@ from actors.events.http import DeliveryError, WebhookClient
 from actors.events.signing import sign
 from actors.lifecycle import autostart
 from cluster.broker import EVENTS_TOPIC
-from cluster.db import create_pool
+from cluster.db import as_columns, create_pool
 
 log = logging.getLogger("paygate.webhooks")
 
@@ -154,7 +154,7 @@ class WebhookDispatcher:
                 await conn.execute(
                     "INSERT INTO webhook_deliveries (event_id, endpoint_id, merchant_id, ordering_key, event_seq) "
                     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) "
-                    "ON CONFLICT DO NOTHING", *_columns(rows, 5))
+                    "ON CONFLICT DO NOTHING", *as_columns(rows, 5))
             await conn.execute("UPDATE outbox_events SET dispatched_at = now() "
                                "WHERE id = ANY($1::text[]) AND dispatched_at IS NULL", [m["id"] for m in meta])
 
@@ -255,7 +255,7 @@ class WebhookDispatcher:
             await conn.execute(
                 "INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error, response_prefix) "
                 "SELECT * FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[])",
-                *_columns([(a.delivery["id"], a.status, a.latency_ms,
+                *as_columns([(a.delivery["id"], a.status, a.latency_ms,
                             a.error or (None if a in ok else f"HTTP {a.status}"), a.prefix) for a in attempts], 5))
             if ok:
                 await conn.execute(
@@ -297,8 +297,3 @@ class WebhookDispatcher:
                            "WHERE id = $1 AND failing_since IS NULL", delivery["endpoint_id"])
 
 WebhookDispatcherActor = ray.remote(WebhookDispatcher)
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows as column arrays, for one `INSERT … SELECT * FROM unnest(…)` instead of a statement per row."""
-    return [[row[i] for row in rows] for i in range(width)]

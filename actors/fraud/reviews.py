@@ -37,15 +37,18 @@ def review_object(review_id: str, row: Mapping[str, Any], outcome: Mapping[str, 
 
 def needs_review(row: Mapping[str, Any]) -> bool:
     """Whether the charge's outcome (on a row, or on the changes about to be written) asks for a review."""
-    outcome = _outcome(row)
+    return _asks_review(_outcome(row))
+
+
+def _asks_review(outcome: Mapping[str, Any]) -> bool:
     return outcome.get("type") == "manual_review" and bool(outcome.get("review"))
 
 
 async def open_if_flagged(conn: asyncpg.Connection, row: Mapping[str, Any]) -> str | None:
     """Open the review the charge's outcome asks for (no-op unless `manual_review`); returns its id."""
-    if not needs_review(row):
-        return None
     outcome = _outcome(row)
+    if not _asks_review(outcome):
+        return None
     review_id = outcome["review"]
     created = int(time.time())
     inserted = await conn.fetchval(

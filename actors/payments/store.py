@@ -21,6 +21,7 @@ from actors.payments import idempotency
 from actors.payments.messages import Idempotency, Reply
 from actors.payments.render import event_object, payment_intent_object
 from actors.payments.states import Action, next_status
+from cluster.db import as_columns
 
 
 class VersionConflict(Exception):
@@ -160,7 +161,10 @@ def _event_and_outbox_args(history: Sequence[PaymentEvent],
                            outbox: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> list[Any]:
     """Arguments for `_event_and_outbox_sql`: the history rows, and each outbox group's events
     rendered from the row as it was at that point."""
-    events = [event_object(t, payment_intent_object(snapshot)) for snapshot, types in outbox for t in types]
+    events: list[dict[str, Any]] = []
+    for snapshot, types in outbox:
+        obj = payment_intent_object(snapshot)  # once per snapshot, shared by its events
+        events += [event_object(t, obj) for t in types]
     return [[h.type for h in history], [h.from_status for h in history], [h.to_status for h in history],
             [dict(h.data) for h in history], *_outbox_args(events)]
 
@@ -187,8 +191,8 @@ def _ledger_sql(source: str, first: int) -> str:
             f"FROM {source} s, unnest(${n + 2}::text[], ${n + 3}::bigint[]) AS x(account, amount))")
 
 
-def _ledger_args(movements: Sequence[tuple[str, int]]) -> list[Any]:
-    return [[account for account, _ in movements], [amount for _, amount in movements]]
+def _ledger_args(movements: Sequence[tuple[str, int]]) -> list[list[Any]]:
+    return as_columns(movements, 2)
 
 
 def _check_balanced(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> None:

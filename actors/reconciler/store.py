@@ -13,6 +13,7 @@ import asyncpg
 from actors.ids import new_id
 from actors.reconciler.classify import CLASSIFICATIONS, Item
 from actors.reconciler.ledger import Resolution
+from cluster.db import as_columns
 
 ALL = "all"
 _LOCK_CLASS = 0x7263_6E31  # "rcn1": advisory lock class for (business date, scope)
@@ -71,7 +72,7 @@ async def save_run(conn: asyncpg.Connection, run_id: str, values: Mapping[str, A
             "FROM reconciliation_runs r, unnest($2::text[], $3::text[]) AS t(kind, rrn) "
             "WHERE r.id = i.run_id AND r.scope = $4 AND r.business_date < $5 AND i.line IS NULL "
             "AND i.classification = 'missing_in_settlement' AND i.kind = t.kind AND i.rrn = t.rrn",
-            run_id, [k for k, _ in late], [r for _, r in late], values["scope"], values["business_date"])
+            run_id, *as_columns(late, 2), values["scope"], values["business_date"])
     return row
 
 
