@@ -93,7 +93,7 @@ class WebhookDispatcher:
             if self.tasks:
                 return
             self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=8)
-            self.http = WebhookClient(self.policy.timeout_s)
+            self.http = WebhookClient(self.policy.timeout_s, max_idle_per_origin=self.concurrency)
             self.recorder = Batcher(self._record_attempts, max_items=256, max_in_flight=1)
             loop = asyncio.get_running_loop()
             self.tasks = [loop.create_task(self._consume_forever()), loop.create_task(self._deliver_forever())]

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import httptools
 
-MAX_IDLE_PER_ORIGIN = 32
 KEEP_BODY_BYTES = 1024
 
 
@@ -30,10 +29,16 @@ class _Answer:
     body: bytearray = field(default_factory=bytearray)
     headers_done: bool = False
     complete: bool = False
+    keep_alive: bool = False
+    parser: httptools.HttpResponseParser | None = None
 
     # httptools callbacks
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        # Asked here: once the message is complete the parser is reset for the next one and
+        # always answers False (every delivery then paid for a new connection).
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, data: bytes) -> None:
         if len(self.body) < KEEP_BODY_BYTES:
@@ -48,8 +53,11 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class WebhookClient:
-    def __init__(self, timeout_s: float, user_agent: str = "paygate-webhooks/1") -> None:
+    def __init__(self, timeout_s: float, max_idle_per_origin: int = 32, user_agent: str = "paygate-webhooks/1") -> None:
+        # Keep as many idle connections per origin as deliveries may be in flight to it: a smaller
+        # pool closes what each burst opened, and the next burst connects again.
         self.timeout_s = timeout_s
+        self.max_idle_per_origin = max_idle_per_origin
         self.user_agent = user_agent
         self.idle: dict[Origin, list[Connection]] = {}
         self.tls = ssl.create_default_context()
@@ -84,7 +92,7 @@ class WebhookClient:
         except BaseException:
             writer.close()
             raise
-        if keep and len(self.idle.setdefault(origin, [])) < MAX_IDLE_PER_ORIGIN:
+        if keep and len(self.idle.setdefault(origin, [])) < self.max_idle_per_origin:
             self.idle[origin].append((reader, writer))
         else:
             writer.close()
@@ -108,7 +116,7 @@ class WebhookClient:
         writer.write(request)
         await writer.drain()
         answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
+        parser = answer.parser = httptools.HttpResponseParser(answer)
         while not answer.complete:
             data = await reader.read(65536)
             if not data:
@@ -121,7 +129,7 @@ class WebhookClient:
             except httptools.HttpParserError as error:
                 raise DeliveryError(f"malformed HTTP answer: {error}") from None
         answer.status = parser.get_status_code()
-        return answer, parser.should_keep_alive()
+        return answer, answer.keep_alive
 
     async def close(self) -> None:
         for pool in self.idle.values():

@@ -1,0 +1,100 @@
+"""The dispatcher's HTTP client against a real TCP server: answers read, connections kept alive
+and reused, and a server that closes (by header or without a word) costs a new connection, never
+a failed delivery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from actors.events.http import WebhookClient
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreceived"
+CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreceived"
+
+
+@dataclass
+class Server:
+    url: str
+    connections: int = 0
+    requests: int = 0
+
+
+@asynccontextmanager
+async def serving(answer: bytes, close_after_answer: bool = False) -> AsyncIterator[Server]:
+    server = Server("")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length"))
+                await reader.readexactly(length)
+                server.requests += 1
+                writer.write(answer)
+                await writer.drain()
+                if close_after_answer or b"Connection: close" in answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/hook"
+    async with listener:
+        yield server
+
+
+async def _post(client: WebhookClient, server: Server) -> tuple[int, str]:
+    return await client.post(server.url, b'{"id": "evt_1"}', {"Content-Type": "application/json"})
+
+
+def test_deliveries_reuse_one_kept_alive_connection() -> None:
+    async def scenario() -> Server:
+        async with serving(OK) as server:
+            client = WebhookClient(timeout_s=5)
+            answers = [await _post(client, server) for _ in range(5)]
+            assert answers == [(200, "received")] * 5
+            await client.close()
+            return server
+
+    server = asyncio.run(scenario())
+    assert (server.requests, server.connections) == (5, 1)
+
+
+def test_an_endpoint_that_closes_gets_a_new_connection_each_time() -> None:
+    async def scenario(answer: bytes, close_after_answer: bool) -> Server:
+        async with serving(answer, close_after_answer) as server:
+            client = WebhookClient(timeout_s=5)
+            for _ in range(3):
+                assert await _post(client, server) == (200, "received")
+                await asyncio.sleep(0.05)  # let the server's close arrive first
+            await client.close()
+            return server
+
+    said_so = asyncio.run(scenario(CLOSING, close_after_answer=False))
+    assert (said_so.requests, said_so.connections) == (3, 3)
+    # Closing without a word: the kept connection is found dead, the delivery goes out on a new one.
+    silently = asyncio.run(scenario(OK, close_after_answer=True))
+    assert (silently.requests, silently.connections) == (3, 3)
+
+
+def test_idle_connections_kept_per_origin_are_capped() -> None:
+    async def scenario() -> tuple[Server, int]:
+        async with serving(OK) as server:
+            client = WebhookClient(timeout_s=5, max_idle_per_origin=2)
+            answers = await asyncio.gather(*[_post(client, server) for _ in range(5)])
+            assert answers == [(200, "received")] * 5
+            kept = sum(len(pool) for pool in client.idle.values())
+            await asyncio.gather(*[_post(client, server) for _ in range(2)])  # on the two kept ones
+            await client.close()
+            return server, kept
+
+    server, kept = asyncio.run(scenario())
+    assert kept == 2
+    assert (server.requests, server.connections) == (7, 5)
