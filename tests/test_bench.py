@@ -17,6 +17,7 @@ import stripe
 
 from actors.events.signing import sign
 from cluster.bench.launch import Target
+from cluster.bench.profile import Part, package_of
 from cluster.bench.receiver import verify
 from cluster.bench.runner import BenchOptions, BenchResult, rerun_audit, run_bench
 from cluster.stack import StackInfo
@@ -28,9 +29,10 @@ def _target(info: StackInfo) -> Target:
                   bank_journal=info.bank_journal, stack_pid=os.getpid())
 
 
-def _bench(info: StackInfo, results: Path, scenario: str, count: int, rate: float = 50) -> BenchResult:
+def _bench(info: StackInfo, results: Path, scenario: str, count: int, rate: float = 50,
+           profile: bool = False) -> BenchResult:
     options = BenchOptions(scenario=scenario, rate=rate, count=count, merchants=2, results_dir=results,
-                           progress=False, print_tables=False, drain_timeout_s=90)
+                           progress=False, print_tables=False, drain_timeout_s=90, profile=profile)
     return run_bench(options, _target(info))
 
 
@@ -72,6 +74,43 @@ def test_other_scenarios_pass_their_audit(stack_info: StackInfo, tmp_path: Path,
     expected = {"auth-capture": {"succeeded", "canceled"}, "decline-mix": {"succeeded", "requires_payment_method"},
                 "idempotent-retry": {"succeeded"}}[scenario]
     assert statuses <= expected and statuses & expected
+
+
+def test_a_profiled_run_says_where_each_part_spends_its_cpu(stack_info: StackInfo, tmp_path: Path) -> None:
+    result = _bench(stack_info, tmp_path / "profiled", "checkout", count=90, rate=30, profile=True)
+    assert result.ok, _failures(result)
+    profile = result.report["profile"]
+    assert profile["errors"] == {}
+    parts = profile["parts"]
+    assert {"gateway", "ray::PaymentShard", "ray::CardVault", "ray::AcquirerLink", "banksim"} <= set(parts)
+    for name in ("gateway", "ray::PaymentShard"):
+        part = parts[name]
+        assert part["samples"] > 0 and part["python_s"] == pytest.approx(part["samples"] / 100, abs=0.01)
+        assert sum(p["share"] for p in part["packages"]) == pytest.approx(1, abs=0.01)
+        assert 0 < len(part["top_functions"]) <= 5
+    # Every process's stacks are kept, in the collapsed format speedscope and flamegraph.pl read.
+    stacks = sorted((tmp_path / "profiled" / "profiles").glob("PaymentShard-*.txt"))
+    assert len(stacks) == 2  # the test stack's two shards, folded into one part above
+    line = next(line for path in stacks for line in path.read_text().splitlines())
+    assert ";" in line.rpartition(" ")[0] and line.rpartition(" ")[2].isdigit()
+
+
+def test_profile_samples_are_counted_by_package_and_function(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text("main (gateway/app.py:3);_execute (asyncpg/connection.py:1904) 6\n"
+                      "main (gateway/app.py:3);dumps (json/__init__.py:231) 3\n"
+                      "main (gateway/app.py:4) 1\n")
+    part = Part()
+    part.add(stacks)
+    assert part.summary(samples_per_s=100) == {
+        "samples": 10, "python_s": 0.1,
+        "packages": [{"name": "asyncpg", "share": 0.6}, {"name": "stdlib", "share": 0.3},
+                     {"name": "paygate", "share": 0.1}],
+        "top_functions": [{"name": "_execute (asyncpg/connection.py:1904)", "share": 0.6},
+                          {"name": "dumps (json/__init__.py:231)", "share": 0.3},
+                          {"name": "main (gateway/app.py:4)", "share": 0.1}]}
+    assert package_of("Worker.main_loop (ray/_private/worker.py:1069)") == "ray"
+    assert package_of("Thread.run (threading.py:982)") == "stdlib"
 
 
 async def _shift_received(dsn: str, payment_id: str, delta: int) -> None:

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--webhook-host", default="127.0.0.1", help="address the stack reaches the bench's receiver at")
     p.add_argument("--idle-probe", type=float, default=3.0,
                    help="seconds to measure the stack's CPU with no load before the run (0: skip; default 3)")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the stack's Python processes with py-spy during the load (local stack only; "
+                        "costs CPU, so read throughput from runs without it)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep-data", action="store_true", help="keep the local stack's temporary data dir")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -100,7 +103,7 @@ def options_from(args: argparse.Namespace, argv: list[str] | None = None) -> Ben
         concurrency=args.concurrency, merchants=args.merchants, bank_latency_ms=args.bank_latency_ms,
         results_dir=args.results, audit=not args.no_audit, baseline=args.baseline, webhooks=not args.no_webhooks,
         drain_timeout_s=args.drain_timeout, request_timeout_s=args.timeout, seed=args.seed,
-        idle_probe_s=args.idle_probe,
+        idle_probe_s=args.idle_probe, profile=args.profile,
         progress=not args.quiet, keep_data=args.keep_data, webhook_host=args.webhook_host,
         command=shlex.join(["paygate", "bench", *(argv if argv is not None else sys.argv[2:])]),
     )

@@ -73,6 +73,10 @@ class StackMonitor:
             self._thread.start()
         return self
 
+    def components(self) -> dict[int, str]:
+        """The stack's processes now, by pid, named by `component`."""
+        return {process.pid: component(process) for process in self._processes()}
+
     def idle_probe(self, seconds: float) -> float | None:
         """The stack's CPU use (cores) with no load at all: its polling loops and timers."""
         if self.root_pid is None or seconds <= 0:

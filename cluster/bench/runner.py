@@ -24,6 +24,7 @@ from cluster.bench.client import Endpoint, Pool
 from cluster.bench.launch import LaunchedStack, Target
 from cluster.bench.loadgen import Driver, LoadResult, Plan, drive
 from cluster.bench.monitor import StackMonitor, Usage, cpu_seconds
+from cluster.bench.profile import Profiler, profiled
 from cluster.bench.progress import ProgressLine
 from cluster.bench.receiver import ReceiverProcess
 from cluster.bench.report import print_report, ratios, resources, throughput, write
@@ -53,6 +54,7 @@ class BenchOptions:
     progress: bool = True
     print_tables: bool = True
     keep_data: bool = False
+    profile: bool = False  # py-spy on the stack's Python processes during the load (local stack only)
     webhook_host: str = "127.0.0.1"  # where the stack reaches the receiver (a remote stack needs a routable one)
     command: str = ""
 
@@ -122,9 +124,11 @@ def _run(options: BenchOptions, target: Target) -> BenchResult:
         monitor = StackMonitor(target.stack_pid, {receiver.pid} if receiver and receiver.pid else set())
         monitor.idle_probe(options.idle_probe_s)
         monitor.start()
+        profiler = _profiler(options, target, monitor, results_dir)
         receiver_cpu0 = cpu_seconds(receiver.pid if receiver else None)
         load, recorder, book = asyncio.run(_load(options, merchants, target, run_id))
         monitor.mark_load_end()
+        profile = profiler.stop() if profiler else None
         receiver_cpu = cpu_seconds(receiver.pid) - receiver_cpu0 if receiver else None
         scope, audit_result = _audit(options, target, merchants, book, receiver, since, load.wall_s)
         usage = monitor.stop() if target.stack_pid else None
@@ -136,10 +140,18 @@ def _run(options: BenchOptions, target: Target) -> BenchResult:
             provision.remove_webhook_endpoints(target.base_url, merchants)
     report = _report(options, target, load, recorder, usage, receiver_cpu, audit_result)
     report["meta"]["loadavg_before"] = loadavg  # other tenants of the machine show here
+    if options.profile:
+        report["profile"] = profile or {"dir": None, "parts": {}, "errors": {"stack": "remote: not profiled"}}
     if options.baseline and target.ledger_dsn:
         _add_baseline(report, options, target, results_dir)
     _write(report, recorder, results_dir, options)
     return BenchResult(report, audit_result, book, scope, results_dir, recorder)
+
+
+def _profiler(options: BenchOptions, target: Target, monitor: StackMonitor, results_dir: Path) -> Profiler | None:
+    if not options.profile or target.stack_pid is None:
+        return None
+    return Profiler(profiled(monitor.components()), results_dir / "profiles").start()
 
 
 async def _load(options: BenchOptions, merchants: list[provision.Merchant], target: Target,
