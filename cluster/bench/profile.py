@@ -2,9 +2,9 @@
 
 One `py-spy record` per Python process of a local stack (the gateway, every Ray actor, banksim),
 sampling without pausing the process, from the start of the load to its end, and keeping only the
-samples of the thread holding the GIL: Python at work (a thread waiting in epoll, or in Ray's C++
-core with the GIL released, is not counted; so a part's samples over the sampling rate are its
-Python seconds, and the rest of its CPU time is native code and the kernel). Each writes its
+samples of the thread holding the GIL: Python at work, not a thread waiting in epoll or in Ray's
+C++ core with the GIL released. (On a saturated machine a thread is also preempted while holding
+the GIL, so samples measure GIL-held wall time, and shares are approximate.) Each writes its
 stacks in the collapsed format (`frame;frame;… count`, what speedscope and flamegraph.pl read) to
 `<results>/profiles/`; the summary folds a part's processes together (both PaymentShards are one
 "PaymentShard") and says, by the innermost frame of each sample, which package the CPU went to and
@@ -59,12 +59,11 @@ class Part:
             self.packages[package_of(leaf)] += int(count)
             self.functions[leaf] += int(count)
 
-    def summary(self, samples_per_s: int) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         def shares(counter: Counter[str], n: int | None = None) -> list[dict[str, Any]]:
             return [{"name": name, "share": round(count / self.samples, 3)} for name, count in counter.most_common(n)]
 
-        return {"samples": self.samples, "python_s": round(self.samples / samples_per_s, 2),
-                "packages": shares(self.packages),
+        return {"samples": self.samples, "packages": shares(self.packages),
                 "top_functions": shares(self.functions, TOP_FUNCTIONS)}
 
 
@@ -119,7 +118,7 @@ class Profiler:
                 continue
             parts.setdefault(name, Part()).add(path)
         return {"samples_per_s": self.rate, "dir": str(self.out_dir), "errors": self.errors,
-                "parts": {name: part.summary(self.rate) for name, part in
+                "parts": {name: part.summary() for name, part in
                           sorted(parts.items(), key=lambda kv: -kv[1].samples)}}
 
 

@@ -166,16 +166,14 @@ def _baseline_table(r: dict[str, Any]) -> Table:
 def _profile_table(r: dict[str, Any]) -> Table:
     profile, payments = r["profile"], max(1, r["throughput"]["payments_ok"])
     cpu = r["resources"].get("stack_cpu_s_by_component") or {}
-    t = Table(title="where the time goes: CPU per payment by part, and of it the Python that held the GIL "
+    t = Table(title="where the time goes: CPU per payment by part, and its Python samples holding the GIL "
                     f"(py-spy; stacks in {profile['dir']})")
-    for column in ("part", "CPU ms/payment", "Python ms/payment", "Python by package", "leading functions"):
-        t.add_column(column, justify="right" if "ms/" in column else "left")
-    parts = sorted(profile["parts"].items(), key=lambda kv: -cpu.get(kv[0], 0.0))
-    for name, part in parts:
-        seconds, python_s = cpu.get(name), part["python_s"]
+    for column in ("part", "CPU ms/payment", "samples", "by package", "leading functions"):
+        t.add_column(column, justify="left" if column in ("part", "by package", "leading functions") else "right")
+    for name, part in sorted(profile["parts"].items(), key=lambda kv: -cpu.get(kv[0], 0.0)):
+        seconds = cpu.get(name)
         t.add_row(name.removeprefix("ray::"), "-" if seconds is None else f"{1000 * seconds / payments:.2f}",
-                  f"{1000 * python_s / payments:.2f}",
-                  ", ".join(f"{p['name']} {100 * p['share']:.0f}%" for p in part["packages"][:4]),
+                  str(part["samples"]), ", ".join(f"{p['name']} {100 * p['share']:.0f}%" for p in part["packages"][:4]),
                   "\n".join(f"{100 * f['share']:.0f}% {f['name']}" for f in part["top_functions"][:3]))
     for where, why in profile["errors"].items():
         t.add_row(where, "-", "-", "[red]not profiled[/]", why)
