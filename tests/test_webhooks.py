@@ -20,7 +20,7 @@ from tests.conftest import Merchant
 from tests.webhook_receiver import Receiver
 
 PAYMENT_EVENTS = ["payment_intent.created", "payment_intent.processing", "payment_intent.succeeded",
-                  "charge.captured"]
+                  "charge.succeeded"]
 
 
 @pytest.fixture
@@ -132,6 +132,33 @@ def test_events_api_and_endpoint_management(api: httpx.Client, base_url: str, me
     deleted = api.delete(f"/v1/webhook_endpoints/{endpoint['id']}").json()
     assert deleted == {"id": endpoint["id"], "object": "webhook_endpoint", "deleted": True}
     assert api.get(f"/v1/webhook_endpoints/{endpoint['id']}").status_code == 404
+
+
+def _charge_events(api: httpx.Client, event_type: str) -> dict[str, dict[str, Any]]:
+    """The merchant's `event_type` events by the payment their charge belongs to."""
+    listed = api.get("/v1/events", params={"type": event_type, "limit": 100}).json()["data"]
+    assert all(e["data"]["object"]["object"] == "charge" for e in listed), listed
+    return {e["data"]["object"]["payment_intent"]: e for e in listed}
+
+
+def test_charge_events_carry_the_charge_as_stripe_does(api: httpx.Client) -> None:
+    card = {"currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
+    auto = api.post("/v1/payment_intents", data={**card, "amount": "1500"}).json()
+    manual = api.post("/v1/payment_intents", data={**card, "amount": "2500", "capture_method": "manual"}).json()
+    captured = api.post(f"/v1/payment_intents/{manual['id']}/capture", data={"amount_to_capture": "2000"}).json()
+    assert (auto["status"], captured["status"]) == ("succeeded", "succeeded")
+
+    succeeded, later = _charge_events(api, "charge.succeeded"), _charge_events(api, "charge.captured")
+    # Captured with its authorization: `charge.succeeded`; captured afterwards: `charge.captured`.
+    assert auto["id"] in succeeded and auto["id"] not in later
+    assert manual["id"] in later
+    for event, payment, amount in ((succeeded[auto["id"]], auto, 1500), (later[manual["id"]], captured, 2000)):
+        charge = event["data"]["object"]
+        assert charge["id"] == payment["latest_charge"] and charge["id"].startswith("ch_")
+        assert (charge["status"], charge["captured"], charge["paid"]) == ("succeeded", True, True)
+        assert (charge["amount"], charge["amount_captured"]) == (payment["amount"], amount)
+    pi_events = api.get("/v1/events", params={"type": "payment_intent.succeeded", "limit": 100}).json()["data"]
+    assert {e["data"]["object"]["object"] for e in pi_events} == {"payment_intent"}
 
 
 def test_failing_receiver_gets_the_same_event_on_the_4th_attempt(api: httpx.Client, base_url: str,

@@ -77,11 +77,13 @@ async def book_capture(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Rec
                        bank: dict[str, Any], along: store.Along | None = None) -> asyncpg.Record:
     """Book a capture the bank has made (the pending amount): the transition to `succeeded`, the
     double entry and the events, in one statement. The one place this is written, whoever learnt
-    of the capture (the bank's answer, or the reconciler from the settlement file)."""
+    of the capture (the bank's answer, or the reconciler from the settlement file). As Stripe does,
+    a charge captured with its authorization `succeeded`; one captured later was `captured`."""
     amount = row["pending_amount"]
     ledger = [("acquirer_receivable", amount), ("merchant_balance", -amount)]
+    charge_event = "charge.succeeded" if row["capture_method"] == "automatic" else "charge.captured"
     return await store.transition(conn, row, "captured", captured_changes(row, changes),
-                                  events=["payment_intent.succeeded", "charge.captured"], bank=bank,
+                                  events=["payment_intent.succeeded", charge_event], bank=bank,
                                   along=replace(along or store.Along(), ledger=ledger, ledger_description="capture"))
 
 

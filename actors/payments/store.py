@@ -19,7 +19,7 @@ import asyncpg
 from actors.ids import new_id
 from actors.payments import idempotency
 from actors.payments.messages import Idempotency, Reply
-from actors.payments.render import event_object, payment_intent_object
+from actors.payments.render import charge_object, event_object, payment_intent_object
 from actors.payments.states import Action, next_status
 from cluster.db import as_columns
 
@@ -163,10 +163,23 @@ def _event_and_outbox_args(history: Sequence[PaymentEvent],
     rendered from the row as it was at that point."""
     events: list[dict[str, Any]] = []
     for snapshot, types in outbox:
-        obj = payment_intent_object(snapshot)  # once per snapshot, shared by its events
-        events += [event_object(t, obj) for t in types]
+        events += _event_objects(snapshot, types)
     return [[h.type for h in history], [h.from_status for h in history], [h.to_status for h in history],
             [dict(h.data) for h in history], *_outbox_args(events)]
+
+
+def _event_objects(snapshot: Mapping[str, Any], types: Sequence[str]) -> list[dict[str, Any]]:
+    """Events of one snapshot: a `charge.*` event carries the Charge and the others the
+    PaymentIntent, as Stripe's do; each object rendered once, shared by its events."""
+    rendered: dict[str, dict[str, Any]] = {}
+
+    def subject(event_type: str) -> dict[str, Any]:
+        kind = "charge" if event_type.startswith("charge.") else "payment_intent"
+        if kind not in rendered:
+            rendered[kind] = (charge_object(snapshot) or {}) if kind == "charge" else payment_intent_object(snapshot)
+        return rendered[kind]
+
+    return [event_object(t, subject(t)) for t in types]
 
 
 def _outbox_args(events: Sequence[Mapping[str, Any]]) -> list[Any]:

@@ -20,7 +20,8 @@ from gateway.routes.spec import ApiRoute, Param
 EVENT_TYPES = frozenset({
     "payment_intent.created", "payment_intent.processing", "payment_intent.amount_capturable_updated",
     "payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled",
-    "charge.captured", "charge.refunded", "refund.created", "refund.updated", "refund.failed", "review.opened",
+    "charge.succeeded", "charge.captured", "charge.refunded", "refund.created", "refund.updated", "refund.failed",
+    "review.opened",
 })
 
 
