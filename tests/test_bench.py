@@ -17,7 +17,7 @@ import stripe
 
 from actors.events.signing import sign
 from cluster.bench.launch import Target
-from cluster.bench.profile import Part, package_of
+from cluster.bench.profile import Part, Profiler, package_of
 from cluster.bench.receiver import verify
 from cluster.bench.runner import BenchOptions, BenchResult, rerun_audit, run_bench
 from cluster.stack import StackInfo
@@ -91,8 +91,9 @@ def test_a_profiled_run_says_where_each_part_spends_its_cpu(stack_info: StackInf
     # Every process's stacks are kept, in the collapsed format speedscope and flamegraph.pl read.
     stacks = sorted((tmp_path / "profiled" / "profiles").glob("PaymentShard-*.txt"))
     assert len(stacks) == 2  # the test stack's two shards, folded into one part above
-    line = next(line for path in stacks for line in path.read_text().splitlines())
-    assert ";" in line.rpartition(" ")[0] and line.rpartition(" ")[2].isdigit()
+    lines = [line.rpartition(" ") for path in stacks for line in path.read_text().splitlines()]
+    assert lines and all(count.isdigit() for _, _, count in lines)  # (a sample without Python frames is " N")
+    assert any(";" in frames for frames, _, _ in lines)  # frame;frame;…, outermost first
 
 
 def test_profile_samples_are_counted_by_package_and_function(tmp_path: Path) -> None:
@@ -111,6 +112,15 @@ def test_profile_samples_are_counted_by_package_and_function(tmp_path: Path) -> 
                           {"name": "main (gateway/app.py:4)", "share": 0.1}]}
     assert package_of("Worker.main_loop (ray/_private/worker.py:1069)") == "ray"
     assert package_of("Thread.run (threading.py:982)") == "stdlib"
+
+
+def test_a_process_py_spy_cannot_sample_is_named_and_the_rest_goes_on(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    summary = Profiler({gone.pid: "ray::Ghost"}, tmp_path / "profiles").start().stop()
+    assert summary["parts"] == {}
+    assert list(summary["errors"]) == [f"ray::Ghost ({gone.pid})"]
+    assert summary["errors"][f"ray::Ghost ({gone.pid})"]  # py-spy's own words
 
 
 async def _shift_received(dsn: str, payment_id: str, delta: int) -> None:
