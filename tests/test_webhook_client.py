@@ -98,3 +98,23 @@ def test_idle_connections_kept_per_origin_are_capped() -> None:
     server, kept = asyncio.run(scenario())
     assert kept == 2
     assert (server.requests, server.connections) == (7, 5)
+
+
+def test_idle_connections_are_closed_after_their_idle_timeout_or_when_the_server_closed_them() -> None:
+    async def scenario() -> tuple[Server, list[int]]:
+        async with serving(OK) as fresh, serving(OK, close_after_answer=True) as closing:
+            client = WebhookClient(timeout_s=5, idle_timeout_s=0.3)
+            await asyncio.gather(_post(client, fresh), _post(client, closing))
+            await asyncio.sleep(0.1)  # the closing server's FIN arrives; the other is still young
+            pruned = [client.prune()]
+            assert [len(pool) for pool in client.idle.values()] == [1]
+            await asyncio.sleep(0.3)
+            pruned.append(client.prune())
+            assert client.idle == {}
+            assert await _post(client, fresh) == (200, "received")  # on a new connection
+            await client.close()
+            return fresh, pruned
+
+    server, pruned = asyncio.run(scenario())
+    assert pruned == [1, 1]
+    assert (server.requests, server.connections) == (2, 2)

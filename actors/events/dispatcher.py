@@ -39,6 +39,7 @@ CONSUMER_GROUP = "paygate-webhooks"
 RESPONSE_PREFIX_CHARS = 200
 CLAIM_INTERVAL_S = 0.05
 HEAD_WINDOW = 256  # per endpoint; see _claim_due
+PRUNE_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,13 @@ class WebhookDispatcher:
     # ---- delivering: deliveries -> HTTP -------------------------------------------------------
     async def _deliver_forever(self) -> None:
         in_flight: set[asyncio.Task[None]] = set()
-        last_claim = 0.0
+        last_claim = last_prune = 0.0
         while True:
             try:
+                if time.monotonic() - last_prune >= PRUNE_INTERVAL_S:  # idle connections of quiet endpoints
+                    assert self.http is not None
+                    self.http.prune()
+                    last_prune = time.monotonic()
                 # Each claim sorts every endpoint's window of pending deliveries: at most
                 # CLAIM_INTERVAL_S apart, however busy (so at most concurrency / CLAIM_INTERVAL_S =
                 # 5,120 deliveries a second).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -49,17 +50,27 @@ class _Answer:
 
 
 Origin = tuple[str, str, int]
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+@dataclass
+class _Idle:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    since: float  # time.monotonic() when it was parked
+
+    def usable(self, now: float, idle_timeout_s: float) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof() and now - self.since < idle_timeout_s
 
 
 class WebhookClient:
-    def __init__(self, timeout_s: float, max_idle_per_origin: int = 32, user_agent: str = "paygate-webhooks/1") -> None:
+    def __init__(self, timeout_s: float, max_idle_per_origin: int = 32, idle_timeout_s: float = 30.0,
+                 user_agent: str = "paygate-webhooks/1") -> None:
         # Keep as many idle connections per origin as deliveries may be in flight to it: a smaller
-        # pool closes what each burst opened, and the next burst connects again.
+        # pool closes what each burst opened, and the next burst connects again. Idle ones are
+        # closed after idle_timeout_s (see prune), so endpoints that went quiet hold no sockets.
         self.timeout_s = timeout_s
         self.max_idle_per_origin = max_idle_per_origin
+        self.idle_timeout_s = idle_timeout_s
         self.user_agent = user_agent
-        self.idle: dict[Origin, list[Connection]] = {}
+        self.idle: dict[Origin, list[_Idle]] = {}
         self.tls = ssl.create_default_context()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
@@ -72,14 +83,27 @@ class WebhookClient:
         request = self._request(parts.netloc, target, body, headers)
         return await asyncio.wait_for(self._exchange(origin, request), self.timeout_s)
 
+    def prune(self) -> int:
+        """Close idle connections past their idle timeout or closed by the server; how many."""
+        now, closed = time.monotonic(), 0
+        for origin, pool in list(self.idle.items()):
+            keep = [c for c in pool if c.usable(now, self.idle_timeout_s)]
+            for stale in (c for c in pool if c not in keep):
+                stale.writer.close()
+                closed += 1
+            if keep:
+                self.idle[origin] = keep
+            else:
+                del self.idle[origin]
+        return closed
+
     def _request(self, host: str, target: str, body: bytes, headers: dict[str, str]) -> bytes:
         lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"User-Agent: {self.user_agent}",
                  f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
         return "\r\n".join(lines).encode("latin-1") + body
 
     async def _exchange(self, origin: Origin, request: bytes) -> tuple[int, str]:
-        reused = bool(self.idle.get(origin))
-        reader, writer = await self._connect(origin)
+        reader, writer, reused = await self._connect(origin)
         try:
             answer, keep = await self._send(reader, writer, request)
         except (ConnectionError, DeliveryError, asyncio.IncompleteReadError):
@@ -87,29 +111,33 @@ class WebhookClient:
             if not reused:
                 raise
             # A kept-alive connection the server had closed: once more on a fresh one.
-            reader, writer = await self._connect(origin, fresh=True)
+            reader, writer, _ = await self._connect(origin, fresh=True)
             answer, keep = await self._send(reader, writer, request)
         except BaseException:
             writer.close()
             raise
-        if keep and len(self.idle.setdefault(origin, [])) < self.max_idle_per_origin:
-            self.idle[origin].append((reader, writer))
+        pool = self.idle.setdefault(origin, [])
+        if keep and len(pool) < self.max_idle_per_origin:
+            pool.append(_Idle(reader, writer, time.monotonic()))
         else:
             writer.close()
         return answer.status, answer.body.decode("utf-8", "replace")
 
-    async def _connect(self, origin: Origin, fresh: bool = False) -> Connection:
-        pool = self.idle.get(origin, [])
+    async def _connect(self, origin: Origin, fresh: bool = False) -> tuple[asyncio.StreamReader,
+                                                                           asyncio.StreamWriter, bool]:
+        """A kept connection (reused=True) or a new one."""
+        pool, now = self.idle.get(origin, []), time.monotonic()
         while pool and not fresh:
-            reader, writer = pool.pop()
-            if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
-            writer.close()
+            idle = pool.pop()
+            if idle.usable(now, self.idle_timeout_s):
+                return idle.reader, idle.writer, True
+            idle.writer.close()
         scheme, host, port = origin
         try:
-            return await asyncio.open_connection(host, port, ssl=self.tls if scheme == "https" else None)
+            reader, writer = await asyncio.open_connection(host, port, ssl=self.tls if scheme == "https" else None)
         except OSError as error:
             raise DeliveryError(f"cannot connect to {host}:{port}: {error.strerror or error}") from None
+        return reader, writer, False
 
     async def _send(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     request: bytes) -> tuple[_Answer, bool]:
@@ -133,7 +161,7 @@ class WebhookClient:
 
     async def close(self) -> None:
         for pool in self.idle.values():
-            for _, writer in pool:
+            for idle in pool:
                 with contextlib.suppress(Exception):
-                    writer.close()
+                    idle.writer.close()
         self.idle.clear()
