@@ -87,10 +87,13 @@ class WebhookClient:
         """Close idle connections past their idle timeout or closed by the server; how many."""
         now, closed = time.monotonic(), 0
         for origin, pool in list(self.idle.items()):
-            keep = [c for c in pool if c.usable(now, self.idle_timeout_s)]
-            for stale in (c for c in pool if c not in keep):
-                stale.writer.close()
-                closed += 1
+            keep = []
+            for idle in pool:
+                if idle.usable(now, self.idle_timeout_s):
+                    keep.append(idle)
+                else:
+                    idle.writer.close()
+                    closed += 1
             if keep:
                 self.idle[origin] = keep
             else:
