@@ -8,6 +8,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
+
 from banksim.server import Settings, run
 from cluster.logs import setup_logging
 
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging("banksim", level=args.log_level, log_file=args.log_file)
     settings = Settings(args.host, args.port, args.journal, args.latency_ms, args.slow_ms)
-    asyncio.run(_serve(settings))
+    uvloop.run(_serve(settings))  # the simulated network shares the cores with the stack: keep it lean
 
 
 if __name__ == "__main__":

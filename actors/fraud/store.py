@@ -11,6 +11,7 @@ they are thresholds, not a ledger.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import asyncpg
 
 from actors.fraud.messages import Result, ScoreRequest
 from actors.payments.risk import RiskDecision
+from cluster.db import as_columns
 
 log = logging.getLogger("paygate.fraud.store")
 
@@ -27,12 +29,25 @@ MAX_BUFFERED = 200_000  # rows kept while the database is unreachable; the oldes
 REBUILD_LIMIT = 1_000_000  # newest attempts replayed on start
 RETENTION = "25 hours"
 
+_COLUMN_TYPES = (
+    ("attempt_id", "text"), ("merchant_id", "text"), ("payment_id", "text"), ("at", "timestamptz"),
+    ("fingerprint", "text"), ("card_exempt", "boolean"), ("ip_address", "text"), ("email", "text"),
+    ("device_id", "text"), ("ip_country", "text"), ("card_country", "text"), ("amount", "bigint"),
+    ("currency", "text"), ("risk_score", "smallint"), ("outcome", "text"), ("result", "text"), ("rules", "text"),
+)
+# One statement per flush, whatever its size (rows as column arrays). `rules` travels as JSON
+# text, since unnest() would flatten an array of arrays.
 _INSERT = (
-    "INSERT INTO risk_attempts (attempt_id, merchant_id, payment_id, at, fingerprint, card_exempt, ip_address, "
-    "email, device_id, ip_country, card_country, amount, currency, risk_score, outcome, result, rules) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+    "INSERT INTO risk_attempts (" + ", ".join(name for name, _ in _COLUMN_TYPES) + ") "
+    "SELECT x.attempt_id, x.merchant_id, x.payment_id, x.at, x.fingerprint, x.card_exempt, x.ip_address, x.email, "
+    "x.device_id, x.ip_country, x.card_country, x.amount, x.currency, x.risk_score, x.outcome, x.result, "
+    "ARRAY(SELECT jsonb_array_elements_text(x.rules::jsonb)) FROM unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMN_TYPES, start=1))
+    + ") AS x(" + ", ".join(name for name, _ in _COLUMN_TYPES) + ") "
     "ON CONFLICT (attempt_id) DO UPDATE SET result = EXCLUDED.result"
 )
+_UPDATE_RESULTS = ("UPDATE risk_attempts r SET result = x.result FROM unnest($1::text[], $2::text[]) "
+                   "AS x(attempt_id, result) WHERE r.attempt_id = x.attempt_id")
 _RESULT_AT = 15  # index of `result` in an insert row
 
 
@@ -55,7 +70,7 @@ class AttemptWriter:
         self.rows[req.attempt_id] = [
             req.attempt_id, req.merchant_id, req.payment_id, _ts(now), req.fingerprint, exempt, req.ip_address,
             req.email, req.device_id, req.ip_country, req.card_country, req.amount, req.currency,
-            decision.risk_score, decision.outcome, result, list(decision.rules)]
+            decision.risk_score, decision.outcome, result, json.dumps(list(decision.rules))]
         self._bound()
 
     def result(self, attempt_id: str, result: Result) -> None:
@@ -82,10 +97,9 @@ class AttemptWriter:
         try:
             async with pool.acquire() as conn, conn.transaction():
                 if rows:
-                    await conn.executemany(_INSERT, list(rows.values()))
+                    await conn.execute(_INSERT, *as_columns(list(rows.values()), len(_COLUMN_TYPES)))
                 if results:
-                    await conn.executemany("UPDATE risk_attempts SET result = $2 WHERE attempt_id = $1",
-                                           list(results.items()))
+                    await conn.execute(_UPDATE_RESULTS, *as_columns(list(results.items()), 2))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             # keep them for the next flush (newer entries win), bounded
             self.rows = {**rows, **self.rows}
