@@ -10,6 +10,7 @@ import asyncpg
 from cluster.config import Config
 from gateway.auth import MerchantAuthenticator
 from gateway.ratelimit import RateLimitClient
+from gateway.recent_cards import RecentCards
 
 
 @dataclass
@@ -24,3 +25,4 @@ class GatewayState:
     shard_batchers: dict[int, Any] = field(default_factory=dict)
     vault: Any = None
     tokenizer: Any = None  # Batcher in front of the vault's tokenize_many
+    recent_cards: RecentCards = field(default_factory=RecentCards)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Verb = Literal["create", "confirm", "capture", "cancel", "refund"]
 
@@ -38,6 +38,9 @@ class PaymentCommand:
     refund_reason: str | None = None
     risk: dict[str, str] = field(default_factory=dict)
     idempotency: Idempotency | None = None
+    # The PaymentMethod's id and card facts (fixed at tokenization) when the gateway has them at
+    # hand: the shard then needs no vault call to learn them.
+    payment_method_card: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -368,6 +368,9 @@ class Operations:
     async def _payment_method(self, cmd: PaymentCommand, pm_id: str | None = None) -> dict[str, Any]:
         pm_id = pm_id or cmd.payment_method
         assert pm_id is not None
+        known = cmd.payment_method_card
+        if known is not None and known.get("id") == pm_id:
+            return known
         card = await self.ports.vault.get(cmd.merchant_id, pm_id)
         if card is None:
             raise InvalidRequest(f"No such PaymentMethod: '{pm_id}'", code="resource_missing",

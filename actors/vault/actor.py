@@ -275,9 +275,14 @@ class CardVault:
         self._test_pms: dict[tuple[str, str], str] = {}
         self._rewrapped = 0
         self._rotation_error: str | None = None
+        self._counts: Counter[str] = Counter()  # cards tokenized, looked up, detokenized
 
     def __repr__(self) -> str:
         return f"CardVault(started={self._pool is not None}, cvcs_held={len(self._cvcs)})"
+
+    async def stats(self) -> dict[str, int]:
+        """Cards tokenized, looked up (PaymentMethod reads) and detokenized since this process started."""
+        return {key: self._counts[key] for key in ("tokenized", "looked_up", "detokenized")}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -364,6 +369,7 @@ class CardVault:
             results.append(payment_method_object(new.public_row()))
         if cards:
             await self._insert(pool, cards)
+        self._counts["tokenized"] += len(cards)
         return results
 
     def _prepare(self, request: Mapping[str, Any], ring: KeyRing, fp_key: bytes) -> _NewCard:
@@ -412,6 +418,7 @@ class CardVault:
         """The PaymentMethods, (merchant_id, token) each, in one query; None for an unknown token or
         another merchant's (the gateway: 404). One Ray call and one statement per shard micro-batch."""
         pool, _, _ = await self._ready()
+        self._counts["looked_up"] += len(requests)
         wanted = [(merchant_id, await self.resolve_test_payment_method(merchant_id, token))
                   for merchant_id, token in requests]
         rows = await pool.fetch(
@@ -483,6 +490,7 @@ class CardVault:
         tokens = [str(token) for token, _, _ in requests]
         rows = await pool.fetch(_DETOKENIZE, tokens, [str(c) for _, c, _ in requests], [str(p) for _, _, p in requests])
         found = {row["token"]: row for row in rows}
+        self._counts["detokenized"] += len(found)
         return [self._card_data(found[token]) if token in found else None for token in tokens]
 
     def _card_data(self, row: Mapping[str, Any]) -> CardData:

@@ -30,13 +30,15 @@ async def create(call: Call) -> Response:
                          "metadata", "statement_descriptor", "risk", "payment_method_types"))
     amount, currency = v.amount_and_currency(p)
     capture_method = v.string(p, "capture_method", 20, ("automatic", "automatic_async", "manual")) or "automatic"
+    payment_method = v.string(p, "payment_method", 255)
     cmd = PaymentCommand(
         verb="create", merchant_id=call.merchant_id, amount=amount, currency=currency,
-        payment_method=v.string(p, "payment_method", 255), confirm=v.boolean(p, "confirm"),
+        payment_method=payment_method, confirm=v.boolean(p, "confirm"),
         capture_method="manual" if capture_method == "manual" else "automatic",
         description=v.string(p, "description", 1000),
         statement_descriptor=_descriptor(p), metadata=v.metadata(p),
         risk=v.string_map(p, "risk", RISK_FIELDS), idempotency=idempotency_for(call),
+        payment_method_card=call.state.recent_cards.recall(call.merchant_id, payment_method),
     )
     return await execute(call, cmd)
 
@@ -45,9 +47,11 @@ async def create(call: Call) -> Response:
 async def confirm(call: Call) -> Response:
     p = call.params
     v.reject_unknown(p, ("payment_method", "risk", "capture_method"))
+    payment_method = v.string(p, "payment_method", 255)
     cmd = PaymentCommand(verb="confirm", merchant_id=call.merchant_id, payment_id=_payment_id(call),
-                         payment_method=v.string(p, "payment_method", 255),
-                         risk=v.string_map(p, "risk", RISK_FIELDS), idempotency=idempotency_for(call))
+                         payment_method=payment_method, risk=v.string_map(p, "risk", RISK_FIELDS),
+                         idempotency=idempotency_for(call),
+                         payment_method_card=call.state.recent_cards.recall(call.merchant_id, payment_method))
     return await execute(call, cmd)
 
 

@@ -46,6 +46,7 @@ async def create(call: Call) -> Response:
             {"merchant_id": call.merchant_id, "card": card, "billing_details": billing, "metadata": v.metadata(p)})
     except VaultCardError as error:
         raise _card_error(error) from None
+    call.state.recent_cards.remember(call.merchant_id, payment_method)
     return JSONResponse(payment_method)
 
 
