@@ -65,6 +65,7 @@ class EmbeddedPostgres:
     port: int
     log_path: Path
     database: str = "paygate"
+    preload: tuple[str, ...] = ()  # shared_preload_libraries (e.g. pg_stat_statements)
     process: ChildProcess | None = None
 
     @property
@@ -78,7 +79,8 @@ class EmbeddedPostgres:
             self._initdb(user)
         self._clear_stale_pidfile()
         argv = [pg_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-                "-k", str(self.data_dir), *_SERVER_SETTINGS]
+                "-k", str(self.data_dir), *_SERVER_SETTINGS,
+                *(["-c", f"shared_preload_libraries={','.join(self.preload)}"] if self.preload else [])]
         self.process = ChildProcess(f"postgres-{self.name}", argv, self.log_path, user=user).start()
         try:
             self.process.wait_listening("127.0.0.1", self.port, timeout=60)

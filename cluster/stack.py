@@ -116,8 +116,9 @@ class LocalStack:
 
     def _start_postgres(self, name: str) -> str:
         self._say(f"starting {name} PostgreSQL (embedded)")
+        preload = ("pg_stat_statements",) if name == "ledger" and self.config.pg_stat_statements else ()
         server = EmbeddedPostgres(name, self.config.data_dir / "pg" / name, self._port(name),
-                                  self.config.log_dir / f"postgres-{name}.log").start()
+                                  self.config.log_dir / f"postgres-{name}.log", preload=preload).start()
         setattr(self, name, server)
         return server.dsn
 

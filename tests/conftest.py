@@ -28,6 +28,7 @@ TEST_ENV = {
     "PAYGATE_WEBHOOK_BACKOFF_S": "0.2",
     "PAYGATE_WEBHOOK_TIMEOUT_S": "2",
     "PAYGATE_OUTBOX_REPUBLISH_S": "3",
+    "PAYGATE_PG_STAT_STATEMENTS": "1",  # what `bench --profile` reads per statement
 }
 
 

@@ -16,6 +16,7 @@ import pytest
 import stripe
 
 from actors.events.signing import sign
+from cluster.bench import statements
 from cluster.bench.launch import Target
 from cluster.bench.profile import Part, Profiler, package_of
 from cluster.bench.receiver import verify
@@ -94,6 +95,18 @@ def test_a_profiled_run_says_where_each_part_spends_its_cpu(stack_info: StackInf
     lines = [line.rpartition(" ") for path in stacks for line in path.read_text().splitlines()]
     assert lines and all(count.isdigit() for _, _, count in lines)  # (a sample without Python frames is " N")
     assert any(";" in frames for frames, _, _ in lines)  # frame;frame;…, outermost first
+    # The ledger's side, per statement: each checkout is created and confirmed by one INSERT.
+    statements = profile["ledger_statements"]
+    assert "error" not in statements, statements
+    assert statements["ms_per_payment"] > 0 and 0 < len(statements["top"]) <= 10
+    [insert] = [s for s in statements["top"] if s["query"].startswith("WITH p AS (INSERT INTO payment_orders")]
+    assert insert["calls_per_payment"] == pytest.approx(1, abs=0.02) and insert["rows_per_call"] == 1
+    assert insert["wal_records_per_payment"] > 0 and 0 < insert["share"] < 1
+
+
+def test_statement_times_need_pg_stat_statements_loaded(stack_info: StackInfo) -> None:
+    # The vault's PostgreSQL never loads it: the profile then says why the section is missing.
+    assert "pg_stat_statements unavailable" in (statements.reset(stack_info.vault_dsn) or "")
 
 
 def test_profile_samples_are_counted_by_package_and_function(tmp_path: Path) -> None:

@@ -180,6 +180,22 @@ def _profile_table(r: dict[str, Any]) -> Table:
     return t
 
 
+def _statements_table(statements: dict[str, Any]) -> Table:
+    if "error" in statements:
+        t = Table(title="ledger PostgreSQL by statement: not measured")
+        t.add_column("why")
+        t.add_row(str(statements["error"]))
+        return t
+    t = Table(title=f"ledger PostgreSQL by statement (pg_stat_statements): {statements.get('ms_per_payment')} ms "
+                    "of statement time per payment, the leading statements")
+    for column in ("ms/payment", "share", "calls/payment", "rows/call", "WAL records/payment", "statement"):
+        t.add_column(column, justify="left" if column == "statement" else "right")
+    for s in statements.get("top", []):
+        t.add_row(f"{s['ms_per_payment']:.3f}", f"{100 * s['share']:.0f}%", f"{s['calls_per_payment']:.2f}",
+                  f"{s['rows_per_call']:.1f}", f"{s['wal_records_per_payment']:.1f}", s["query"])
+    return t
+
+
 def _webhook_line(facts: dict[str, Any]) -> str:
     receiver, lag = facts.get("receiver"), facts.get("webhook_lag_s") or {}
     if not receiver:
@@ -203,6 +219,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         console.print(_baseline_table(report))
     if report.get("profile"):
         console.print(_profile_table(report))
+        console.print(_statements_table(report["profile"].get("ledger_statements") or {}))
     if report.get("audit"):
         console.print(_audit_table(report["audit"]))
         console.print(_webhook_line(report["audit"].get("facts") or {}), highlight=False)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cluster.bench import provision
+from cluster.bench import provision, statements
 from cluster.bench.audit import AuditResult, Scope, audit, resolve_merchants
 from cluster.bench.book import Book
 from cluster.bench.client import Endpoint, Pool
@@ -91,7 +91,9 @@ def run_bench(options: BenchOptions, target: Target | None = None) -> BenchResul
     raise_open_file_limit(open_files_for(options.concurrency))  # a local stack started from here inherits it
     launched = None
     if target is None:
-        launched = LaunchedStack(options.bank_latency_ms, options.keep_data)
+        # --profile also reads the ledger's time per statement, which needs pg_stat_statements loaded.
+        launched = LaunchedStack(options.bank_latency_ms, options.keep_data,
+                                 env={"PAYGATE_PG_STAT_STATEMENTS": "1"} if options.profile else None)
         if options.progress:
             print(f"paygate bench: starting a local stack in {launched.data_dir}", flush=True)
         target = launched.start()
@@ -125,10 +127,13 @@ def _run(options: BenchOptions, target: Target) -> BenchResult:
         monitor.idle_probe(options.idle_probe_s)
         monitor.start()
         profiler = _profiler(options, target, monitor, results_dir)
+        statements_error = statements.reset(target.ledger_dsn) if profiler and target.ledger_dsn else None
         receiver_cpu0 = cpu_seconds(receiver.pid if receiver else None)
         load, recorder, book = asyncio.run(_load(options, merchants, target, run_id))
         monitor.mark_load_end()
         profile = profiler.stop() if profiler else None
+        if profile is not None:
+            profile["ledger_statements"] = _ledger_statements(target, recorder.payments_ok, statements_error)
         receiver_cpu = cpu_seconds(receiver.pid) - receiver_cpu0 if receiver else None
         scope, audit_result = _audit(options, target, merchants, book, receiver, since, load.wall_s)
         usage = monitor.stop() if target.stack_pid else None
@@ -146,6 +151,14 @@ def _run(options: BenchOptions, target: Target) -> BenchResult:
         _add_baseline(report, options, target, results_dir)
     _write(report, recorder, results_dir, options)
     return BenchResult(report, audit_result, book, scope, results_dir, recorder)
+
+
+def _ledger_statements(target: Target, payments: int, reset_error: str | None) -> dict[str, Any]:
+    if not target.ledger_dsn:
+        return {"error": "no ledger DSN"}
+    if reset_error:
+        return {"error": reset_error}
+    return statements.collect(target.ledger_dsn, payments)
 
 
 def _profiler(options: BenchOptions, target: Target, monitor: StackMonitor, results_dir: Path) -> Profiler | None:
