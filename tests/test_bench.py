@@ -107,6 +107,15 @@ def test_a_profiled_run_says_where_each_part_spends_its_cpu(stack_info: StackInf
 def test_statement_times_need_pg_stat_statements_loaded(stack_info: StackInfo) -> None:
     # The vault's PostgreSQL never loads it: the profile then says why the section is missing.
     assert "pg_stat_statements unavailable" in (statements.reset(stack_info.vault_dsn) or "")
+    assert asyncio.run(_has_extension(stack_info.vault_dsn, "pg_stat_statements")) is False  # nothing left behind
+
+
+async def _has_extension(dsn: str, name: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) > 0 FROM pg_extension WHERE extname = $1", name))
+    finally:
+        await conn.close()
 
 
 def test_profile_samples_are_counted_by_package_and_function(tmp_path: Path) -> None:

@@ -31,9 +31,14 @@ async def _reset(dsn: str) -> str | None:
     except (OSError, asyncpg.PostgresError) as error:
         return f"cannot connect to the ledger: {error}"
     try:
+        # Checked first: the extension can be created without the library loaded, and would then
+        # be left behind in a database that cannot use it.
+        preloaded = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+        if "pg_stat_statements" not in str(preloaded).split(","):
+            return "pg_stat_statements unavailable: not in shared_preload_libraries"
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
-    except asyncpg.PostgresError as error:  # not in shared_preload_libraries, or not installed
+    except asyncpg.PostgresError as error:  # not installed, or no right to create it
         return f"pg_stat_statements unavailable: {error}"
     finally:
         await conn.close()
