@@ -1,8 +1,8 @@
 """`paygate bench --profile`, the database's side: the ledger PostgreSQL's time per payment by
 statement, from `pg_stat_statements` (reset when the load starts, read when it ends). A local stack
 started by the bench loads the extension when profiling; elsewhere the section says why it is
-missing. Times are executor and planner wall time inside PostgreSQL: on a saturated machine they
-include waiting for a core, so read them as shares, like the py-spy samples."""
+missing. Times are the executor's wall time inside PostgreSQL: on a saturated machine they include
+waiting for a core, so read them as shares, like the py-spy samples."""
 
 from __future__ import annotations
 
@@ -21,8 +21,12 @@ def reset(dsn: str) -> str | None:
 
 
 def collect(dsn: str, payments: int, limit: int = TOP_STATEMENTS) -> dict[str, Any]:
-    """The statements that took the most time, per payment; with the total over all statements."""
-    return asyncio.run(_collect(dsn, max(1, payments), limit))
+    """The statements that took the most time, per payment, with the total over all statements; or
+    the error that kept them from being read (the run's other results stand either way)."""
+    try:
+        return asyncio.run(_collect(dsn, max(1, payments), limit))
+    except (OSError, asyncpg.PostgresError) as error:
+        return {"error": f"reading pg_stat_statements failed: {error}"}
 
 
 async def _reset(dsn: str) -> str | None:
@@ -34,7 +38,7 @@ async def _reset(dsn: str) -> str | None:
         # Checked first: the extension can be created without the library loaded, and would then
         # be left behind in a database that cannot use it.
         preloaded = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
-        if "pg_stat_statements" not in str(preloaded).split(","):
+        if "pg_stat_statements" not in [name.strip() for name in str(preloaded).split(",")]:
             return "pg_stat_statements unavailable: not in shared_preload_libraries"
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
