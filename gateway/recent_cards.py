@@ -2,8 +2,8 @@
 follows (tokenize, then create-and-confirm: Stripe.js's flow) reaches its shard with them and spares
 the shard a round trip to the vault.
 
-Only what cannot change is kept: a PaymentMethod's id and card (brand, last4, expiry, funding,
-country, fingerprint) are fixed when it is tokenized. Keyed by merchant, so one merchant's entry is
+Only what cannot change is kept: a PaymentMethod's id and the card facts a payment uses
+(`CARD_FACTS`), fixed when it is tokenized. Keyed by merchant, so one merchant's entry is
 never another's. A miss (another gateway process tokenized it, or it aged out) costs nothing but
 the vault call the shard makes anyway."""
 
@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-_CARD_FACTS = ("brand", "last4", "exp_month", "exp_year", "fingerprint", "funding", "country")
+from actors.payments.messages import CARD_FACTS
 
 
 class RecentCards:
@@ -27,7 +27,7 @@ class RecentCards:
         card = payment_method.get("card")
         if not isinstance(card, Mapping) or not payment_method.get("id"):
             return
-        facts = {"id": payment_method["id"], "card": {key: card.get(key) for key in _CARD_FACTS}}
+        facts = {"id": payment_method["id"], "card": {key: card.get(key) for key in CARD_FACTS}}
         self._entries[(merchant_id, str(payment_method["id"]))] = (self.clock() + self.ttl_s, facts)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -39,9 +39,8 @@ _COLUMN_TYPES = (
 # text, since unnest() would flatten an array of arrays.
 _INSERT = (
     "INSERT INTO risk_attempts (" + ", ".join(name for name, _ in _COLUMN_TYPES) + ") "
-    "SELECT x.attempt_id, x.merchant_id, x.payment_id, x.at, x.fingerprint, x.card_exempt, x.ip_address, x.email, "
-    "x.device_id, x.ip_country, x.card_country, x.amount, x.currency, x.risk_score, x.outcome, x.result, "
-    "ARRAY(SELECT jsonb_array_elements_text(x.rules::jsonb)) FROM unnest("
+    "SELECT " + ", ".join("ARRAY(SELECT jsonb_array_elements_text(x.rules::jsonb))" if name == "rules"
+                          else f"x.{name}" for name, _ in _COLUMN_TYPES) + " FROM unnest("
     + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMN_TYPES, start=1))
     + ") AS x(" + ", ".join(name for name, _ in _COLUMN_TYPES) + ") "
     "ON CONFLICT (attempt_id) DO UPDATE SET result = EXCLUDED.result"

@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 Verb = Literal["create", "confirm", "capture", "cancel", "refund"]
 
+# What a payment uses of its PaymentMethod's card (the Charge's card, the risk check): all fixed
+# when the card is tokenized.
+CARD_FACTS = ("brand", "last4", "exp_month", "exp_year", "fingerprint", "funding", "country")
+
 
 @dataclass(frozen=True)
 class Idempotency:

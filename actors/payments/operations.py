@@ -22,7 +22,7 @@ from actors.errors import ApiError, CardError, InvalidRequest, NotFound, StripeE
 from actors.fraud.reviews import needs_review, open_if_flagged
 from actors.ids import new_id
 from actors.payments import idempotency, store
-from actors.payments.messages import Idempotency, PaymentCommand, Reply
+from actors.payments.messages import CARD_FACTS, Idempotency, PaymentCommand, Reply
 from actors.payments.render import dumps, payment_intent_object
 from actors.payments.risk import RiskAssessor, RiskDecision
 
@@ -390,8 +390,7 @@ def _loads(value: Any) -> dict[str, Any]:
 
 def _charge_card(card: dict[str, Any]) -> dict[str, Any]:
     details = card["card"]
-    return {k: details.get(k) for k in ("brand", "last4", "exp_month", "exp_year", "fingerprint", "funding",
-                                        "country")}
+    return {k: details.get(k) for k in CARD_FACTS}
 
 
 def _outcome(decision: RiskDecision | None, declined: bool = False) -> dict[str, Any]:

@@ -169,16 +169,18 @@ class _NewCard:
         }
 
 
-_CARD_COLUMNS = (
-    "token, merchant_id, brand, last4, exp_month, exp_year, funding, country, fingerprint, ciphertext, nonce, "
-    "wrapped_key, wrap_nonce, kek_version, cvc_check, address_line1_check, address_postal_code_check, "
-    "billing_details, metadata, created"
+# The columns of `_NewCard.insert_args`, in its order, with their types.
+_CARD_COLUMN_TYPES = (
+    ("token", "text"), ("merchant_id", "text"), ("brand", "text"), ("last4", "text"), ("exp_month", "smallint"),
+    ("exp_year", "smallint"), ("funding", "text"), ("country", "text"), ("fingerprint", "text"),
+    ("ciphertext", "bytea"), ("nonce", "bytea"), ("wrapped_key", "bytea"), ("wrap_nonce", "bytea"),
+    ("kek_version", "integer"), ("cvc_check", "text"), ("address_line1_check", "text"),
+    ("address_postal_code_check", "text"), ("billing_details", "jsonb"), ("metadata", "jsonb"),
+    ("created", "timestamptz"),
 )
-_CARD_TYPES = ("text", "text", "text", "text", "smallint", "smallint", "text", "text", "text", "bytea", "bytea",
-               "bytea", "bytea", "integer", "text", "text", "text", "jsonb", "jsonb", "timestamptz")
 # A batch of cards in one statement (atomic on its own: no BEGIN/COMMIT round trips).
-_INSERT_CARDS = (f"INSERT INTO cards ({_CARD_COLUMNS}) SELECT * FROM unnest("
-                 + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_CARD_TYPES, start=1)) + ")")
+_INSERT_CARDS = ("INSERT INTO cards (" + ", ".join(name for name, _ in _CARD_COLUMN_TYPES) + ") SELECT * FROM unnest("
+                 + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_CARD_COLUMN_TYPES, start=1)) + ")")
 # The sealed cards asked for, with one audit row per request (hit or miss) written by the same
 # statement: the audit has committed before the answer (and so any PAN) leaves the database.
 _DETOKENIZE = (
@@ -403,7 +405,7 @@ class CardVault:
 
     async def _insert(self, pool: asyncpg.Pool, cards: list[_NewCard]) -> None:
         with self._sealed_in_flight(cards):
-            await pool.execute(_INSERT_CARDS, *as_columns([c.insert_args() for c in cards], len(_CARD_TYPES)))
+            await pool.execute(_INSERT_CARDS, *as_columns([c.insert_args() for c in cards], len(_CARD_COLUMN_TYPES)))
         self._keep_cvcs(cards)
 
     def _keep_cvcs(self, cards: Sequence[_NewCard]) -> None:
@@ -456,7 +458,7 @@ class CardVault:
         try:
             with self._sealed_in_flight([new]):
                 async with pool.acquire() as conn, conn.transaction():
-                    await conn.execute(_INSERT_CARDS, *as_columns([new.insert_args()], len(_CARD_TYPES)))
+                    await conn.execute(_INSERT_CARDS, *as_columns([new.insert_args()], len(_CARD_COLUMN_TYPES)))
                     won = await conn.fetchval(
                         "INSERT INTO test_payment_methods (merchant_id, alias, token) VALUES ($1, $2, $3) "
                         "ON CONFLICT DO NOTHING RETURNING token",
