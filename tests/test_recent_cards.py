@@ -12,6 +12,7 @@ import ray
 from actors.registry import CARD_VAULT
 from gateway.recent_cards import RecentCards
 from tests.bank import tokenize
+from tests.fraud_support import charge, pay, pay_form
 
 VISA = "4242424242424242"
 
@@ -72,35 +73,25 @@ def _vault_lookups() -> int:
     return int(ray.get(vault.stats.remote(), timeout=30)["looked_up"])
 
 
-def _pay(api: httpx.Client, payment_method: str) -> dict[str, Any]:
-    response = api.post("/v1/payment_intents", data={
-        "amount": "1500", "currency": "usd", "payment_method": payment_method, "confirm": "true"})
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
 def test_a_just_tokenized_card_is_paid_without_a_vault_lookup(api: httpx.Client) -> None:
     pm_id = tokenize(api, VISA)
     fingerprint = api.get(f"/v1/payment_methods/{pm_id}").json()["card"]["fingerprint"]
     before = _vault_lookups()
-    pi = _pay(api, pm_id)
+    pi = pay(api, pm_id)
     assert pi["status"] == "succeeded" and pi["payment_method"] == pm_id
     assert _vault_lookups() == before
-    shown = api.get(f"/v1/payment_intents/{pi['id']}", params={"expand[]": "latest_charge"})
-    assert shown.status_code == 200, shown.text
-    card = shown.json()["latest_charge"]["payment_method_details"]["card"]
+    card = charge(api, pi["id"])["payment_method_details"]["card"]
     assert (card["brand"], card["last4"], card["fingerprint"]) == ("visa", "4242", fingerprint)
 
 
 def test_other_payment_methods_are_still_looked_up_in_the_vault(api: httpx.Client, admin: httpx.Client,
                                                                   base_url: str) -> None:
     before = _vault_lookups()
-    assert _pay(api, "pm_card_visa")["status"] == "succeeded"  # a test alias: resolved by the vault
+    assert pay(api, "pm_card_visa")["status"] == "succeeded"  # a test alias: resolved by the vault
     assert _vault_lookups() == before + 1
     created = admin.post("/v1/admin/merchants", data={"name": "another merchant"})
     assert created.status_code == 200, created.text
     with httpx.Client(base_url=base_url, auth=(created.json()["secret_key"], ""), timeout=60) as other:
         theirs = tokenize(other, VISA)  # remembered by this gateway, but for the other merchant
-    response = api.post("/v1/payment_intents", data={
-        "amount": "1500", "currency": "usd", "payment_method": theirs, "confirm": "true"})
+    response = api.post("/v1/payment_intents", data=pay_form(theirs))
     assert response.status_code == 400 and response.json()["error"]["code"] == "resource_missing", response.text
