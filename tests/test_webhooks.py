@@ -14,7 +14,9 @@ import httpx
 import pytest
 import ray
 
+from actors.payments import store
 from actors.registry import dispatcher_name
+from cluster.db import create_pool
 from cluster.stack import LocalStack, StackInfo
 from tests.conftest import Merchant
 from tests.webhook_receiver import Receiver
@@ -68,7 +70,8 @@ async def _undispatched(dsn: str, merchant_id: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         return int(await conn.fetchval(
-            "SELECT count(*) FROM outbox_events WHERE merchant_id = $1 AND dispatched_at IS NULL", merchant_id))
+            "SELECT count(*) FROM outbox_pending p JOIN outbox_events o ON o.id = p.event_id "
+            "WHERE o.merchant_id = $1", merchant_id))
     finally:
         await conn.close()
 
@@ -101,6 +104,43 @@ def test_every_event_of_1000_payments_arrives_in_order(api: httpx.Client, base_u
     total = sum(len(v) for v in grouped.values())
     print(f"\n{total} events from 1000 payments delivered in {elapsed:.1f}s ({total / elapsed:.0f} events/s)")
     assert asyncio.run(_undispatched(stack_info.ledger_dsn, merchant.id)) == 0
+
+
+def test_an_event_is_queued_with_its_insert_and_leaves_the_queue_once_dispatched(
+        api: httpx.Client, base_url: str, merchant: Merchant, receiver: Receiver, stack_info: StackInfo) -> None:
+    """Any writer's outbox row is queued in its own transaction (the table's trigger, not each
+    writer) and leaves the queue once a dispatcher has recorded its delivery."""
+    _endpoint(api, receiver, "/queued")
+    [payment] = _pay(base_url, merchant, 1)
+    event = {"id": f"evt_probe{time.time_ns()}", "object": "event", "type": "payment_intent.processing",
+             "created": int(time.time()), "data": {"object": {"id": payment, "object": "payment_intent"}}}
+
+    async def write_then_watch() -> tuple[Any, int]:
+        pool = await create_pool(stack_info.ledger_dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await store.append_outbox(conn, merchant.id, payment, [event])
+                queued = await conn.fetchrow(
+                    "SELECT p.published_at, p.publish_count FROM outbox_pending p "
+                    "JOIN outbox_events o ON o.seq = p.seq WHERE o.id = $1", event["id"])
+            deliveries = 0
+            for _ in range(120):
+                deliveries = await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1",
+                                                 event["id"])
+                if deliveries and not await pool.fetchval(
+                        "SELECT count(*) FROM outbox_pending WHERE event_id = $1", event["id"]):
+                    break
+                await asyncio.sleep(0.25)
+            return queued, deliveries
+        finally:
+            await pool.close()
+
+    queued, deliveries = asyncio.run(write_then_watch())
+    assert queued is not None and queued["published_at"] is None and queued["publish_count"] == 0
+    assert deliveries == 1
+    assert asyncio.run(_undispatched(stack_info.ledger_dsn, merchant.id)) == 0
+    arrived = receiver.wait_for("/queued", lambda events: event["id"] in {e["id"] for e in events}, 60)
+    assert event["id"] in {e["id"] for e in arrived}
 
 
 def test_events_api_and_endpoint_management(api: httpx.Client, base_url: str, merchant: Merchant,

@@ -2,8 +2,8 @@
 a delivery worker that POSTs them to merchants' endpoints.
 
 Consuming only records work: for each event and each matching endpoint one `webhook_deliveries`
-row (unique per event and endpoint, so a re-published event adds nothing), then the outbox row is
-marked dispatched, then the offset is committed — a dispatcher killed mid-batch leaves the offset
+row (unique per event and endpoint, so a re-published event adds nothing), then the event leaves
+`outbox_pending` (dispatched), then the offset is committed — a dispatcher killed mid-batch leaves the offset
 uncommitted and the batch is consumed again. Sending happens apart from consuming, with many
 deliveries in flight, so a slow or failing endpoint never holds up other merchants: a failure is
 scheduled for a later attempt (exponential backoff with jitter) and the worker moves on. One
@@ -156,8 +156,7 @@ class WebhookDispatcher:
                     "INSERT INTO webhook_deliveries (event_id, endpoint_id, merchant_id, ordering_key, event_seq) "
                     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) "
                     "ON CONFLICT DO NOTHING", *as_columns(rows, 5))
-            await conn.execute("UPDATE outbox_events SET dispatched_at = now() "
-                               "WHERE id = ANY($1::text[]) AND dispatched_at IS NULL", [m["id"] for m in meta])
+            await conn.execute("DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])", [m["seq"] for m in meta])
 
     # ---- delivering: deliveries -> HTTP -------------------------------------------------------
     async def _deliver_forever(self) -> None:

@@ -10,8 +10,9 @@ payment's events always go through one relay, one batch after another — no dup
 relays (SKIP LOCKED) and no reordering of a payment's events (one owner per payment).
 
 The outbox row, not the broker, is the durable record: until a dispatcher has recorded every
-delivery for an event (`dispatched_at`), the relay publishes it again every `republish_after_s`,
-so a broker that loses messages (the local broker keeps them in memory) loses no event.
+delivery for an event (and so taken it out of `outbox_pending`), the relay publishes it again every
+`republish_after_s`, so a broker that loses messages (the local broker keeps them in memory) loses
+no event.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ log = logging.getLogger("paygate.relay")
 
 IDLE_SLEEP_S = 0.02
 
-_CLAIM = ("SELECT id, object_id, type, payload::text AS payload FROM outbox_events WHERE {due} "
-          "AND ($1 = 1 OR abs(hashtext(object_id)) % $1 = $2) ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED")
-_UNPUBLISHED = _CLAIM.format(due="published_at IS NULL")
-_UNDISPATCHED = _CLAIM.format(due="dispatched_at IS NULL AND published_at < now() - make_interval(secs => $4)")
+_CLAIM = ("SELECT p.seq, o.id, o.object_id, o.type, o.payload::text AS payload "
+          "FROM outbox_pending p JOIN outbox_events o ON o.id = p.event_id WHERE {due} "
+          "AND ($1 = 1 OR abs(hashtext(p.object_id)) % $1 = $2) ORDER BY p.seq LIMIT $3 FOR UPDATE OF p SKIP LOCKED")
+_UNPUBLISHED = _CLAIM.format(due="p.published_at IS NULL")
+_UNDISPATCHED = _CLAIM.format(due="p.published_at < now() - make_interval(secs => $4)")
 
 
 class OutboxRelay:
@@ -120,8 +122,8 @@ class OutboxRelay:
                        for row in rows]
             await asyncio.wait_for(asyncio.gather(*futures), 10)
             await conn.execute(
-                "UPDATE outbox_events SET published_at = now(), publish_count = publish_count + 1 "
-                "WHERE id = ANY($1::text[])", [row["id"] for row in rows])
+                "UPDATE outbox_pending SET published_at = now(), publish_count = publish_count + 1 "
+                "WHERE seq = ANY($1::bigint[])", [row["seq"] for row in rows])
         self.published += len(rows)
         return len(rows)
 

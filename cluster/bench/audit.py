@@ -62,8 +62,8 @@ async def _pending_work(conn: asyncpg.Connection, scope: Scope) -> tuple[int, in
     """(events not yet dispatched or delivered + payments/refunds in flight, outbox events)."""
     row = await conn.fetchrow(
         """SELECT
-             (SELECT count(*) FROM outbox_events WHERE merchant_id = ANY($1) AND created >= $2
-                AND dispatched_at IS NULL)
+             (SELECT count(*) FROM outbox_pending p JOIN outbox_events o ON o.id = p.event_id
+                WHERE o.merchant_id = ANY($1) AND o.created >= $2)
            + (SELECT count(*) FROM webhook_deliveries WHERE merchant_id = ANY($1) AND status = 'pending'
                 AND created_at >= to_timestamp($2))
            + (SELECT count(*) FROM payment_orders WHERE merchant_id = ANY($1) AND created >= $2
@@ -113,8 +113,9 @@ async def load_snapshot(scope: Scope) -> Snapshot:
             payments=payments, rrn_to_payment=await _rrn_map(conn, ids, payments),
             refunds=await _refunds(conn, ids), balances=await _balances(conn, ids),
             unbalanced_groups=await _unbalanced(conn, ids), outbox=await _outbox(conn, *args),
-            undispatched=await conn.fetchval("SELECT count(*) FROM outbox_events WHERE merchant_id = ANY($1) "
-                                             "AND created >= $2 AND dispatched_at IS NULL", *args),
+            undispatched=await conn.fetchval(
+                "SELECT count(*) FROM outbox_pending p JOIN outbox_events o ON o.id = p.event_id "
+                "WHERE o.merchant_id = ANY($1) AND o.created >= $2", *args),
             deliveries=await _deliveries(conn, *args),
             auths=_journal(scope),
         )
