@@ -12,6 +12,7 @@ import uvloop
 
 from banksim.server import Settings, run
 from cluster.logs import setup_logging
+from cluster.runtime import tune_gc
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging("banksim", level=args.log_level, log_file=args.log_file)
     settings = Settings(args.host, args.port, args.journal, args.latency_ms, args.slow_ms)
+    tune_gc()
     uvloop.run(_serve(settings))  # the simulated network shares the cores with the stack: keep it lean
 
 

@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(config.kafka_bootstrap))
     ray.init(address=config.ray_address or "auto", namespace=config.ray_namespace, log_to_driver=False,
              logging_level=logging.WARNING,
-             runtime_env={"worker_process_setup_hook": "cluster.logs.setup_worker_logging"})
+             runtime_env={"worker_process_setup_hook": "cluster.runtime.setup_worker"})
     asyncio.run(ensure_actors(config))
     serve_gateway()
     return 0

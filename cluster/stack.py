@@ -166,9 +166,9 @@ class LocalStack:
         return str(ray.get_runtime_context().gcs_address)
 
     def _runtime_env(self) -> dict[str, object]:
-        # Every actor process installs the same redacting JSON logging as the other processes.
+        # Every actor process installs the same redacting JSON logging and GC tuning as the other processes.
         return {"env_vars": {"PAYGATE_LOG_LEVEL": self.config.log_level},
-                "worker_process_setup_hook": "cluster.logs.setup_worker_logging"}
+                "worker_process_setup_hook": "cluster.runtime.setup_worker"}
 
     async def _test_merchant_key(self, ledger_dsn: str) -> str:
         """The local test merchant's key, kept (0600) in the data dir so each `paygate up` can print it."""
