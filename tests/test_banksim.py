@@ -31,6 +31,8 @@ from actors.acquirer import (
     format_transmitted_at,
     mask_pan,
 )
+from actors.acquirer import iso8583 as iso
+from actors.acquirer.iso_adapter import build_request
 from banksim import NEVER_ANSWER_CARD, command
 from banksim.journal import Journal
 from cluster.procs import ChildProcess, free_port
@@ -160,6 +162,25 @@ def test_test_cards(bank: Bank, pan: str, code: str, decline_code: str | None) -
     assert (response.stan, response.rrn) == (request.stan, request.rrn)
     journaled = bank.journal().by_rrn(request.rrn)
     assert (journaled is not None) is (code == "00")  # only approvals are journaled
+
+
+def test_pipelined_requests_are_all_answered_in_order(bank: Bank) -> None:
+    """Fifty authorizations written at once on one connection (the link pipelines its requests)
+    get fifty answers, in request order: none dropped, none reordered."""
+    requests = [authorization(merchant(), amount=100 + i) for i in range(50)]
+
+    async def exchange() -> list[dict[str, str]]:
+        reader, writer = await asyncio.open_connection(HOST, bank.port)
+        try:
+            writer.write(b"".join(iso.encode_frame(build_request(r, "TERM0001")) for r in requests))
+            await writer.drain()
+            return [await asyncio.wait_for(iso.read_frame(reader), 10) for _ in requests]
+        finally:
+            writer.close()
+
+    answers = asyncio.run(exchange())
+    assert [a["11"] for a in answers] == [r.stan for r in requests]
+    assert {a["t"] for a in answers} == {"0110"} and {a["39"] for a in answers} == {"00"}
 
 
 def test_expired_card_by_date(bank: Bank) -> None:
