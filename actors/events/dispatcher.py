@@ -3,12 +3,12 @@ a delivery worker that POSTs them to merchants' endpoints.
 
 Consuming only records work: for each event and each matching endpoint one `webhook_deliveries`
 row (unique per event and endpoint, so a re-published event adds nothing), then the event leaves
-`outbox_pending` (dispatched), then the offset is committed — a dispatcher killed mid-batch leaves the offset
-uncommitted and the batch is consumed again. Sending happens apart from consuming, with many
-deliveries in flight, so a slow or failing endpoint never holds up other merchants: a failure is
-scheduled for a later attempt (exponential backoff with jitter) and the worker moves on. One
-payment's events reach an endpoint in order: a delivery waits while an earlier one for the same
-endpoint and payment is still pending.
+`outbox_pending` (dispatched), then the offset is committed — a dispatcher killed mid-batch
+leaves the offset uncommitted and the batch is consumed again. Sending happens apart from
+consuming, with many deliveries in flight, so a slow or failing endpoint never holds up other
+merchants: a failure is scheduled for a later attempt (exponential backoff with jitter) and the
+worker moves on. One payment's events reach an endpoint in order: a delivery waits while an
+earlier one for the same endpoint and payment is still pending.
 """
 
 from __future__ import annotations
