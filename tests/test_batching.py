@@ -1,14 +1,22 @@
-"""The micro-batcher every hot actor hop goes through (actors/batching.py)."""
+"""The micro-batchers of actors/batching.py: the one every hot actor hop goes through, and the
+RowBatcher the shard writes its hot statements through (against the real ledger)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 
-from actors.batching import Batcher
+from actors.batching import Batcher, RowBatcher
+from cluster.db import create_pool
+from cluster.stack import StackInfo
+from tests.bank import ledger
+from tests.conftest import Merchant
 
 
 class Recorder:
@@ -114,3 +122,95 @@ def test_a_short_answer_fails_the_batch_instead_of_hanging() -> None:
             await asyncio.wait_for(asyncio.gather(*[batcher.call(i) for i in range(3)]), timeout=1.0)
 
     run(main())
+
+
+# ---- RowBatcher, against the real ledger PostgreSQL ------------------------------------------
+
+_INSERT = "INSERT INTO {t} (id, v) VALUES ($1, $2) RETURNING id, v, txid_current() AS xid"
+
+
+def _with_table(stack_info: StackInfo, body: Callable[[RowBatcher, str], Awaitable[None]]) -> None:
+    """Run `body` with a RowBatcher on the ledger and a scratch table (dropped afterwards)."""
+    table = f"rowbatch_{uuid.uuid4().hex[:10]}"
+
+    async def main() -> None:
+        pool = await create_pool(stack_info.ledger_dsn, min_size=1, max_size=4)
+        try:
+            await pool.execute(f"CREATE TABLE {table} (id text PRIMARY KEY, v int NOT NULL CHECK (v >= 0), "
+                               "version int NOT NULL DEFAULT 0)")
+            await body(RowBatcher(pool), table)
+        finally:
+            await pool.execute(f"DROP TABLE IF EXISTS {table}")
+            await pool.close()
+
+    asyncio.run(main())
+
+
+def test_rows_written_together_share_one_transaction_and_each_caller_gets_its_row(stack_info: StackInfo) -> None:
+    async def body(rows: RowBatcher, table: str) -> None:
+        got = [r for r in await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), f"r{i}", i)
+                                                 for i in range(10)]) if r is not None]
+        assert [(r["id"], r["v"]) for r in got] == [(f"r{i}", i) for i in range(10)]
+        assert len({r["xid"] for r in got}) == 1  # one round trip, one commit
+        assert await rows.pool.fetchval(f"SELECT count(*) FROM {table}") == 10
+
+    _with_table(stack_info, body)
+
+
+def test_a_statement_that_returns_no_row_answers_none_to_its_caller_only(stack_info: StackInfo) -> None:
+    async def body(rows: RowBatcher, table: str) -> None:
+        await rows.pool.execute(f"INSERT INTO {table} (id, v) SELECT 'r' || i, i FROM generate_series(0, 5) i")
+        update = (f"UPDATE {table} SET v = v + 100, version = version + 1 WHERE id = $1 AND version = $2 "
+                  "RETURNING id, v, txid_current() AS xid")
+        got = await asyncio.gather(*[rows.fetchrow(update, f"r{i}", 1 if i == 3 else 0) for i in range(6)])
+        assert got[3] is None  # its version check failed
+        assert [r["v"] for r in got if r is not None] == [100, 101, 102, 104, 105]
+        assert len({r["xid"] for r in got if r is not None}) == 1
+        assert await rows.pool.fetchval(f"SELECT v FROM {table} WHERE id = 'r3'") == 3
+
+    _with_table(stack_info, body)
+
+
+def test_a_rejected_statement_fails_its_caller_alone_and_the_rest_are_written(stack_info: StackInfo) -> None:
+    async def body(rows: RowBatcher, table: str) -> None:
+        await rows.pool.execute(f"INSERT INTO {table} (id, v) VALUES ('taken', 0)")
+        ids = ["a", "taken", "b", "negative", "c"]
+        got = await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), i, -1 if i == "negative" else 1)
+                                     for i in ids], return_exceptions=True)
+        assert isinstance(got[1], asyncpg.UniqueViolationError)
+        assert isinstance(got[3], asyncpg.CheckViolationError)
+        assert [r["id"] for r in (got[0], got[2], got[4])] == ["a", "b", "c"]  # type: ignore[index]
+        written = await rows.pool.fetch(f"SELECT id, v FROM {table} ORDER BY id")
+        assert [(r["id"], r["v"]) for r in written] == [("a", 1), ("b", 1), ("c", 1), ("taken", 0)]
+
+    _with_table(stack_info, body)
+
+
+def test_one_key_twice_in_a_batch_still_gets_each_its_own_outcome(stack_info: StackInfo) -> None:
+    async def body(rows: RowBatcher, table: str) -> None:
+        outcomes = await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), key, v)
+                                          for key, v in (("same", 1), ("same", 2), ("other", 3))],
+                                        return_exceptions=True)
+        assert [r["v"] for r in outcomes if isinstance(r, asyncpg.Record)] == [1, 3]
+        assert isinstance(outcomes[1], asyncpg.UniqueViolationError)
+
+    _with_table(stack_info, body)
+
+
+def test_checkouts_made_together_are_written_in_shared_transactions(stack_info: StackInfo, merchant: Merchant,
+                                                                   base_url: str) -> None:
+    """The shard writes concurrent create-and-confirms (and their captures) through its RowBatcher:
+    payments created in one batch carry the same transaction id (xmin of their first event)."""
+    async def pay_all() -> list[str]:
+        async with httpx.AsyncClient(base_url=base_url, auth=(merchant.key, ""), timeout=60) as client:
+            responses = await asyncio.gather(*[client.post("/v1/payment_intents", data={
+                "amount": str(1000 + i), "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"})
+                for i in range(40)])
+        assert all(r.status_code == 200 and r.json()["status"] == "succeeded" for r in responses)
+        return [r.json()["id"] for r in responses]
+
+    ids = asyncio.run(pay_all())
+    events = ledger(stack_info, "SELECT payment_id, type, xmin::text AS xid FROM payment_events "
+                                "WHERE payment_id = ANY($1) AND type = 'payment_intent.created'", ids)
+    assert len(events) == 40
+    assert len({e["xid"] for e in events}) < 40

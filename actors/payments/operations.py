@@ -5,7 +5,6 @@ the result. Ledger writes go through `store`; the bank is reached only through t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import logging
@@ -18,6 +17,7 @@ import asyncpg
 
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
 from actors.acquirer.messages import AcquirerRequest, OriginalRef
+from actors.batching import RowBatcher
 from actors.errors import ApiError, CardError, InvalidRequest, NotFound, StripeError
 from actors.fraud.reviews import needs_review, open_if_flagged
 from actors.ids import new_id
@@ -49,6 +49,10 @@ class Ports:
     link: Any
     risk: RiskAssessor
     bank_ids: store.BankIds = field(default_factory=store.BankIds)
+    rows: RowBatcher = field(init=False)  # the hot path's one-statement writes, batched across payments
+
+    def __post_init__(self) -> None:
+        self.rows = RowBatcher(self.pool)
 
 
 def unexpected_state(row: asyncpg.Record, action: str) -> InvalidRequest:
@@ -73,7 +77,7 @@ def captured_changes(row: Mapping[str, Any], changes: Mapping[str, Any]) -> dict
             "amount_capturable": 0, "pending_stan": None, "pending_rrn": None, "pending_amount": None}
 
 
-async def book_capture(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record, changes: Mapping[str, Any],
+async def book_capture(conn: store.Writer, row: asyncpg.Record, changes: Mapping[str, Any],
                        bank: dict[str, Any], along: store.Along | None = None) -> asyncpg.Record:
     """Book a capture the bank has made (the pending amount): the transition to `succeeded`, the
     double entry and the events, in one statement. The one place this is written, whoever learnt
@@ -114,7 +118,8 @@ class Operations:
             # one hop less on the way to the bank, and this batch's checks travel together.
             payment_id = new_id("pi")
             row, decision = await asyncio.gather(
-                store.insert(pool, values, recovery_key=cmd.idempotency, then=confirmed, payment_id=payment_id),
+                store.insert(self.ports.rows, values, recovery_key=cmd.idempotency, then=confirmed,
+                             payment_id=payment_id),
                 self.ports.risk.assess({**values, **confirmed.changes, "id": payment_id}, card, cmd.risk))
             return await self._authorize(cmd, row, card, decision)
         async with pool.acquire() as conn, conn.transaction():
@@ -219,7 +224,7 @@ class Operations:
                                payment_intent=payment_intent_object(store.preview(row, "bank_declined", changes)))
         reply = failure(card_error)
         idem = cmd.idempotency if cmd else None
-        await store.transition(self.ports.pool, row, "bank_declined", changes, events=["payment_intent.payment_failed"],
+        await store.transition(self.ports.rows, row, "bank_declined", changes, events=["payment_intent.payment_failed"],
                                bank=bank, along=store.Along(finish=(idem, reply) if idem else None))
         return reply
 
@@ -280,11 +285,12 @@ class Operations:
             earlier=store.PaymentEvent("charge.authorized", "processing", row["status"], auth_raw)
             if auth_raw is not None else None,
             finish=(idem, reply) if idem else None)
-        review = approval is not None and needs_review(approval)
-        async with self.ports.pool.acquire() as conn, conn.transaction() if review else contextlib.nullcontext():
+        if approval is None or not needs_review(approval):
+            await book_capture(self.ports.rows, row, changes, _raw(outcome), along)
+            return reply
+        async with self.ports.pool.acquire() as conn, conn.transaction():
             row = await book_capture(conn, row, changes, _raw(outcome), along)
-            if review:
-                await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
+            await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
         return reply
 
     # ---- cancel ----------------------------------------------------------------------------

@@ -12,16 +12,21 @@ import asyncio
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
+from actors.batching import RowBatcher
 from actors.ids import new_id
 from actors.payments import idempotency
 from actors.payments.messages import Idempotency, Reply
 from actors.payments.render import charge_object, event_object, payment_intent_object
 from actors.payments.states import Action, next_status
 from cluster.db import as_columns
+
+# Where a one-statement write may go: a connection (maybe in a transaction), the pool, or the pool
+# through a RowBatcher (outside any transaction: batched with other payments' writes of that shape).
+Writer: TypeAlias = asyncpg.Connection | asyncpg.Pool | RowBatcher
 
 
 class VersionConflict(Exception):
@@ -62,7 +67,7 @@ class Step:
     events: Sequence[str] = ()
 
 
-async def insert(conn: asyncpg.Connection | asyncpg.Pool, values: Mapping[str, Any],
+async def insert(conn: Writer, values: Mapping[str, Any],
                  recovery_key: Idempotency | None = None, then: Step | None = None,
                  payment_id: str | None = None) -> asyncpg.Record:
     """A new PaymentIntent (with `payment_id`, or a new one), its `created` event and outbox row —
@@ -99,7 +104,7 @@ def preview(row: Mapping[str, Any], action: Action, changes: Mapping[str, Any]) 
     return {**dict(row), **changes, "status": next_status(row["status"], action)}
 
 
-async def transition(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record, action: Action,
+async def transition(conn: Writer, row: asyncpg.Record, action: Action,
                      changes: Mapping[str, Any], events: Sequence[str] = (), bank: Mapping[str, Any] | None = None,
                      along: Along = Along()) -> asyncpg.Record:
     """Move `row` by `action` (checked against the state machine), under the version check, with its
