@@ -102,7 +102,7 @@ class RowBatcher:
     so its statements run again one by one and each caller gets its own outcome. A connection
     lost mid-batch fails every caller of that batch, as it would have failed each alone."""
 
-    def __init__(self, pool: asyncpg.Pool, key: str = "id", max_items: int = 64, max_in_flight: int = 2) -> None:
+    def __init__(self, pool: asyncpg.Pool, key: str = "id", max_items: int = 64, max_in_flight: int = 1) -> None:
         self.pool, self.key = pool, key
         self.max_items, self.max_in_flight = max_items, max_in_flight
         self.batchers: dict[str, Batcher[tuple[Any, ...], asyncpg.Record | None]] = {}
