@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -44,7 +45,8 @@ def _cancel(stack_info: StackInfo, merchant: Merchant, payment_id: str, version_
             row["version"] -= version_lag
             along = store.Along(earlier=store.PaymentEvent("probe.earlier", row["status"], row["status"], {"n": 1}),
                                 ledger=[("probe_a", 700), ("probe_b", -700)], ledger_description="probe",
-                                finish=(idem, Reply(200, b'{"probe":true}')))
+                                finish=(idem, Reply(200, b'{"probe":true}')),
+                                recovery=replace(idem, key=f"{key}-recovery"))
             try:
                 return await store.transition(pool, row, "cancel", {"cancellation_reason": "abandoned"},  # type: ignore[arg-type]
                                               events=["payment_intent.canceled"], along=along)
@@ -69,6 +71,9 @@ def _written(stack_info: StackInfo, merchant: Merchant, payment_id: str, key: st
         "outbox": [r["type"] for r in ledger(stack_info, "SELECT type FROM outbox_events WHERE object_id = $1 "
                                                          "ORDER BY seq", payment_id)],
         "reply": (stored["response_code"], stored["response_body"]),
+        "recovery": [r["recovery_point"] for r in ledger(
+            stack_info, "SELECT recovery_point FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+            merchant.id, f"{key}-recovery")],
     }
 
 
@@ -84,6 +89,7 @@ def test_everything_along_is_written_with_the_transition(api: httpx.Client, merc
     assert written["ledger"] == [("probe_a", 700), ("probe_b", -700)]
     assert written["outbox"] == ["payment_intent.created", "payment_intent.canceled"]
     assert written["reply"] == (200, b'{"probe":true}')
+    assert written["recovery"] == [payment_id]  # another key's recovery point, upserted with it
 
 
 def test_a_stale_row_writes_nothing_at_all(api: httpx.Client, merchant: Merchant, stack_info: StackInfo) -> None:
@@ -97,6 +103,7 @@ def test_a_stale_row_writes_nothing_at_all(api: httpx.Client, merchant: Merchant
     assert written["history"] == ["payment_intent.created"]
     assert written["ledger"] == [] and written["outbox"] == ["payment_intent.created"]
     assert written["reply"] == (None, None)  # the key is not finished with a reply that never happened
+    assert written["recovery"] == []  # nor does a recovery point name a move that never happened
 
 
 def test_an_unbalanced_ledger_group_is_refused_before_anything_is_sent() -> None:

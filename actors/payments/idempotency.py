@@ -72,12 +72,16 @@ async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_a
         return Claim("resume", recovery_point=row["recovery_point"])
 
 
-def recovery_point_sql(merchant_id: str, idem: Idempotency, object_id: str, first: int) -> tuple[str, list[Any]]:
-    """Record what this attempt created. An upsert: a gateway-made key is first written here, in the
-    business write, rather than claimed in a round trip of its own. Parameters numbered from `first`."""
+def recovery_point_sql(merchant_id: str, idem: Idempotency, object_id: str, first: int,
+                       only_if: str = "") -> tuple[str, list[Any]]:
+    """Record what this attempt created or moved. An upsert: a gateway-made key is first written
+    here, in the business write, rather than claimed in a round trip of its own. Parameters
+    numbered from `first`; `only_if` names a CTE that must have a row (the write it rides with)."""
     n = first
+    guard = f" WHERE EXISTS (SELECT 1 FROM {only_if})" if only_if else ""
     return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
-            f"recovery_point, locked_at) VALUES (${n}, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}, ${n + 5}, now()) "
+            f"recovery_point, locked_at) SELECT ${n}::text, ${n + 1}::text, ${n + 2}::text, ${n + 3}::text, "
+            f"${n + 4}::text, ${n + 5}::text, now(){guard} "
             f"ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
             [merchant_id, idem.key, idem.method, idem.path, idem.request_hash, object_id])
 

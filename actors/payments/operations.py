@@ -48,10 +48,11 @@ class Ports:
     vault: Any
     link: Any
     risk: RiskAssessor
-    bank_ids: store.BankIds = field(default_factory=store.BankIds)
+    bank_ids: store.BankIds = field(init=False)
     rows: RowBatcher = field(init=False)  # the hot path's one-statement writes, batched across payments
 
     def __post_init__(self) -> None:
+        self.bank_ids = store.BankIds(self.pool)
         self.rows = RowBatcher(self.pool)
 
 
@@ -112,7 +113,7 @@ class Operations:
         }
         pool = self.ports.pool
         if cmd.confirm and card:  # created already confirmed: one statement, the recovery point with it
-            confirmed = store.Step("confirm", await self._authorization_changes(pool, values, card),
+            confirmed = store.Step("confirm", await self._authorization_changes(values, card),
                                    events=["payment_intent.processing"])
             # The risk check needs only what the row will hold, so it runs while the row is written:
             # one hop less on the way to the bank, and this batch's checks travel together.
@@ -139,22 +140,15 @@ class Operations:
             raise InvalidRequest("You cannot confirm this PaymentIntent because it's missing a payment method.",
                                  code="payment_intent_unexpected_state", param="payment_method")
         card = await self._payment_method(cmd, pm_id)
-        async with self.ports.pool.acquire() as conn, conn.transaction():
-            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
-            row = await self._begin_authorization(conn, row, card)
+        row = await store.transition(self.ports.rows, row, "confirm", await self._authorization_changes(row, card),
+                                     events=["payment_intent.processing"], along=store.Along(recovery=cmd.idempotency))
         return await self._authorize(cmd, row, card)
 
-    async def _begin_authorization(self, conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record,
-                                   card: dict[str, Any]) -> asyncpg.Record:
-        return await store.transition(conn, row, "confirm", await self._authorization_changes(conn, row, card),
-                                      events=["payment_intent.processing"])
-
-    async def _authorization_changes(self, conn: asyncpg.Connection | asyncpg.Pool, row: Mapping[str, Any],
-                                     card: dict[str, Any]) -> dict[str, Any]:
+    async def _authorization_changes(self, row: Mapping[str, Any], card: dict[str, Any]) -> dict[str, Any]:
         """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
         capture gets its completion's ids now too, so approval leads straight to the capture."""
         automatic = row["capture_method"] == "automatic"
-        ids = await self.ports.bank_ids.take(conn, 2 if automatic else 1)
+        ids = await self.ports.bank_ids.take(2 if automatic else 1)
         (stan, rrn), capture = ids[0], ids[1] if automatic else (None, None)
         return {
             "payment_method": card["id"], "bank_phase": "authorizing", "auth_stan": stan, "auth_rrn": rrn,
@@ -191,19 +185,30 @@ class Operations:
                   "status": "succeeded", "paid": True, "outcome": _outcome(decision)}
         changes = {"auth_code": response.auth_code, "auth_transmitted_at": outcome.transmitted_at,
                    "charge": charge}
-        merchant_id, idem = row["merchant_id"], cmd.idempotency if cmd else None
+        idem = cmd.idempotency if cmd else None
         if row["capture_method"] == "manual":
-            async with self.ports.pool.acquire() as conn, conn.transaction():
-                row = await store.transition(conn, row, "bank_approved", {
-                    **changes, "bank_phase": None, "processing_since": None, "amount_capturable": row["amount"],
-                }, events=["payment_intent.amount_capturable_updated"], bank=response.raw)
-                await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
-                reply = ok(row)
-                await idempotency.finish(conn, merchant_id, idem, reply)
-            return reply
+            return await self._hold(row, {**changes, "bank_phase": None, "processing_since": None,
+                                          "amount_capturable": row["amount"]}, response.raw, idem)
         # Automatic capture: the completion's ids were persisted with the authorization, so a crash
         # from here on is settled by reversing the authorization (the bank releases the capture too).
         return await self._capture_at_bank(cmd, row, approval=changes, auth_raw=response.raw, sent=outcome.capture)
+
+    async def _hold(self, row: asyncpg.Record, changes: dict[str, Any], bank: dict[str, Any],
+                    idem: Idempotency | None) -> Reply:
+        """A manual capture's approval: the hold, its event and the stored reply in one statement;
+        in a transaction only when a review must open with it."""
+        events = ["payment_intent.amount_capturable_updated"]
+        if not needs_review(changes):
+            reply = ok(store.preview(row, "bank_approved", changes))
+            await store.transition(self.ports.rows, row, "bank_approved", changes, events=events, bank=bank,
+                                   along=store.Along(finish=(idem, reply) if idem else None))
+            return reply
+        async with self.ports.pool.acquire() as conn, conn.transaction():
+            row = await store.transition(conn, row, "bank_approved", changes, events=events, bank=bank)
+            await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
+            reply = ok(row)
+            await idempotency.finish(conn, row["merchant_id"], idem, reply)
+        return reply
 
     async def _fail(self, cmd: PaymentCommand | None, row: asyncpg.Record, decline_code: str,
                     outcome: BankOutcome | None = None, decision: RiskDecision | None = None) -> Reply:
@@ -240,12 +245,10 @@ class Operations:
             raise InvalidRequest(
                 f"The amount to capture ({amount}) is greater than the amount capturable "
                 f"({row['amount_capturable']}).", code="amount_too_large", param="amount_to_capture")
-        async with self.ports.pool.acquire() as conn, conn.transaction():
-            [(stan, rrn)] = await self.ports.bank_ids.take(conn)
-            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
-            row = await store.transition(conn, row, "capture", {
-                "bank_phase": "capturing", "pending_stan": stan, "pending_rrn": rrn, "pending_amount": amount,
-                "processing_since": _now()})
+        [(stan, rrn)] = await self.ports.bank_ids.take()
+        row = await store.transition(self.ports.rows, row, "capture", {
+            "bank_phase": "capturing", "pending_stan": stan, "pending_rrn": rrn, "pending_amount": amount,
+            "processing_since": _now()}, along=store.Along(recovery=cmd.idempotency))
         return await self._capture_at_bank(cmd, row)
 
     async def _capture_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record,
@@ -308,13 +311,11 @@ class Operations:
             return reply
         if row["status"] != "requires_capture":
             raise unexpected_state(row, "cancel")
-        async with self.ports.pool.acquire() as conn, conn.transaction():
-            [(stan, _)] = await self.ports.bank_ids.take(conn)
-            await idempotency.set_recovery_point(conn, cmd.merchant_id, cmd.idempotency, row["id"])
-            row = await store.transition(conn, row, "cancel", {
-                "bank_phase": "reversing", "pending_stan": stan, "pending_rrn": row["auth_rrn"],
-                "pending_amount": row["amount_capturable"], "processing_since": _now(),
-                "cancellation_reason": cmd.cancellation_reason})
+        [(stan, _)] = await self.ports.bank_ids.take()
+        row = await store.transition(self.ports.rows, row, "cancel", {
+            "bank_phase": "reversing", "pending_stan": stan, "pending_rrn": row["auth_rrn"],
+            "pending_amount": row["amount_capturable"], "processing_since": _now(),
+            "cancellation_reason": cmd.cancellation_reason}, along=store.Along(recovery=cmd.idempotency))
         return await self._reverse_at_bank(cmd, row)
 
     async def _reverse_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record) -> Reply:
@@ -366,7 +367,7 @@ class Operations:
     # ---- helpers ---------------------------------------------------------------------------
     async def _load(self, cmd: PaymentCommand) -> asyncpg.Record:
         assert cmd.payment_id is not None
-        row = await store.load(self.ports.pool, cmd.payment_id, cmd.merchant_id)
+        row = await store.load(self.ports.rows, cmd.payment_id, cmd.merchant_id)
         if row is None:
             raise NotFound("payment_intent", cmd.payment_id)
         return row

@@ -74,12 +74,12 @@ class Refunds:
             if existing is not None:
                 return await self._settle(cmd, existing)
         assert cmd.payment_id is not None
+        [(stan, rrn)] = await self.ports.bank_ids.take()  # before holding a connection (see BankIds)
         async with pool.acquire() as conn, conn.transaction():
             payment = await store.load(conn, cmd.payment_id, cmd.merchant_id)
             if payment is None:
                 raise NotFound("payment_intent", cmd.payment_id, param="payment_intent")
             amount = await self._refundable(conn, payment, cmd.amount)
-            [(stan, rrn)] = await self.ports.bank_ids.take(conn)
             refund = await conn.fetchrow(
                 "INSERT INTO refunds (id, merchant_id, payment_id, charge_id, amount, currency, status, reason, "
                 "metadata, stan, rrn, created) VALUES ($1,$2,$3,$4,$5,$6,'pending',$7,$8,$9,$10,$11) RETURNING *",

@@ -33,7 +33,7 @@ class VersionConflict(Exception):
     """The row changed under us (another writer); reload and decide again."""
 
 
-async def load(conn: asyncpg.Connection | asyncpg.Pool, payment_id: str, merchant_id: str) -> asyncpg.Record | None:
+async def load(conn: Writer, payment_id: str, merchant_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM payment_orders WHERE id = $1 AND merchant_id = $2",
                                payment_id, merchant_id)
 
@@ -56,6 +56,7 @@ class Along:
     ledger: Sequence[tuple[str, int]] = ()  # one balanced double-entry group
     ledger_description: str = ""
     finish: tuple[Idempotency, Reply] | None = None  # the key's stored reply (or its deletion)
+    recovery: Idempotency | None = None  # the key's recovery point: this payment, now being moved
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,11 @@ async def transition(conn: Writer, row: asyncpg.Record, action: Action,
     if along.ledger:
         sql += _ledger_sql("u", len(args) + 1)
         args += [new_id("txn"), along.ledger_description, *_ledger_args(along.ledger)]
+    if along.recovery is not None:
+        recovery_sql, recovery_args = idempotency.recovery_point_sql(row["merchant_id"], along.recovery, row["id"],
+                                                                     len(args) + 1, only_if="u")
+        sql += f", r AS ({recovery_sql})"
+        args += recovery_args
     if along.finish is not None:
         finish_sql, finish_args = idempotency.finish_sql(row["merchant_id"], *along.finish, len(args) + 1)
         sql += f", k AS ({finish_sql} AND EXISTS (SELECT 1 FROM u))"
@@ -241,18 +247,22 @@ async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements:
 class BankIds:
     """Fresh STAN (6 digits) and RRN (12 digits) pairs, one per message to the acquirer, handed out
     from blocks reserved from the ledger's sequence: one round trip per block, not per message.
-    Numbers reserved by a process that dies are skipped, never reused (the sequence only grows)."""
+    Numbers reserved by a process that dies are skipped, never reused (the sequence only grows).
 
-    def __init__(self, block: int = 256) -> None:
-        self.block = block
+    A refill takes a connection of its own from the pool (nextval ignores transactions anyway), so
+    take ids before holding a connection: a holder waiting here while the refill waits for a free
+    connection is how a busy shard once deadlocked with every connection idle in a transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, block: int = 256) -> None:
+        self.pool, self.block = pool, block
         self.numbers: list[int] = []
         self.lock = asyncio.Lock()
 
-    async def take(self, conn: asyncpg.Connection | asyncpg.Pool, count: int = 1) -> list[tuple[str, str]]:
+    async def take(self, count: int = 1) -> list[tuple[str, str]]:
         async with self.lock:
             if len(self.numbers) < count:
-                rows = await conn.fetch("SELECT nextval('acquirer_message_seq') AS n FROM generate_series(1, $1)",
-                                        max(self.block, count))
+                rows = await self.pool.fetch(
+                    "SELECT nextval('acquirer_message_seq') AS n FROM generate_series(1, $1)", max(self.block, count))
                 self.numbers.extend(r["n"] for r in rows)
             taken, self.numbers = self.numbers[:count], self.numbers[count:]
         return [(f"{n % 1_000_000:06d}", f"{n % 10**12:012d}") for n in taken]
