@@ -44,6 +44,14 @@ async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_a
     )
     if inserted:
         return Claim("fresh")
+    claimed = await _claim_existing(pool, merchant_id, idem, stale_after_s)
+    # None: deleted between the insert and the select, so take it as new (with the connection
+    # given back first: waiting for a second one while holding one can exhaust a busy pool).
+    return claimed or await claim(pool, merchant_id, idem, stale_after_s)
+
+
+async def _claim_existing(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency,
+                          stale_after_s: float) -> Claim | None:
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT *, locked_at > now() - make_interval(secs => $3) AS fresh_lock, "
@@ -51,8 +59,8 @@ async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_a
             "FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 FOR UPDATE",
             merchant_id, idem.key, stale_after_s, KEEP_HOURS,
         )
-        if row is None:  # deleted between the insert and the select: take it as new
-            return await claim(pool, merchant_id, idem, stale_after_s)
+        if row is None:
+            return None
         if row["expired"]:
             await conn.execute(
                 "UPDATE idempotency_keys SET request_method = $3, request_path = $4, request_hash = $5, "
