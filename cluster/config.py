@@ -48,6 +48,7 @@ class Config:
     rate_limit_burst: int = 200
     max_body_bytes: int = 1_048_576
     shards: int = 2
+    shard_connections: int = 20  # ledger connections per PaymentShard
     acquirer_links: int = 1
     acquirer_connections: int = 4
     acquirer_timeout_s: float = 10.0
@@ -188,6 +189,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         rate_limit_burst=_int(env, "PAYGATE_RATE_LIMIT_BURST", 200, 1, 10_000_000),
         max_body_bytes=_int(env, "PAYGATE_MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
         shards=_int(env, "PAYGATE_SHARDS", 2, 1, 256),
+        shard_connections=_int(env, "PAYGATE_SHARD_CONNECTIONS", 20, 1, 1000),
         acquirer_links=_int(env, "PAYGATE_ACQUIRER_LINKS", 1, 1, 64),
         acquirer_connections=_int(env, "PAYGATE_ACQUIRER_CONNECTIONS", 4, 1, 256),
         acquirer_timeout_s=_float(env, "PAYGATE_ACQUIRER_TIMEOUT", 10.0, 0.05, 600),

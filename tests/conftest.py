@@ -29,6 +29,9 @@ TEST_ENV = {
     "PAYGATE_WEBHOOK_TIMEOUT_S": "2",
     "PAYGATE_OUTBOX_REPUBLISH_S": "3",
     "PAYGATE_PG_STAT_STATEMENTS": "1",  # what `bench --profile` reads per statement
+    # One ledger connection per shard: a code path that holds a connection while it waits for
+    # another (the deadlock a saturated shard once hit) then hangs at once, in any test.
+    "PAYGATE_SHARD_CONNECTIONS": "1",
 }
 
 

@@ -153,7 +153,8 @@ def test_api_keys_are_stored_hashed(stack_info: StackInfo, merchant: Merchant) -
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("name", ["PAYGATE_HTTP_PORT", "PAYGATE_LEDGER_DSN", "PAYGATE_ACQUIRER"])
+@pytest.mark.parametrize("name", ["PAYGATE_HTTP_PORT", "PAYGATE_LEDGER_DSN", "PAYGATE_ACQUIRER",
+                                  "PAYGATE_SHARD_CONNECTIONS"])
 def test_bad_config_names_the_variable(name: str) -> None:
     from cluster.config import ConfigError, load_config
 

@@ -44,8 +44,9 @@ def shard_index(merchant_id: str, shards: int) -> int:
 
 class PaymentShard:
     def __init__(self, index: int, shards: int, ledger_dsn: str, vault_name: str, link_names: list[str],
-                 namespace: str, stale_after_s: float) -> None:
+                 namespace: str, stale_after_s: float, connections: int = 20) -> None:
         self.index, self.shards = index, shards
+        self.connections = connections
         self.ledger_dsn = ledger_dsn
         self.vault_name, self.link_names, self.namespace = vault_name, link_names, namespace
         self.stale_after_s = stale_after_s
@@ -61,7 +62,8 @@ class PaymentShard:
         async with self._starting:
             if self.ops is not None:
                 return
-            self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=20)
+            self.pool = await create_pool(self.ledger_dsn, min_size=min(2, self.connections),
+                                          max_size=self.connections)
             vault = ray.get_actor(self.vault_name, namespace=self.namespace)
             links = [ray.get_actor(name, namespace=self.namespace) for name in self.link_names]
             ports = Ports(self.pool, _VaultClient(vault), _LinkPool(links), FraudAssessor.connect(self.namespace))
