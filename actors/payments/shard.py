@@ -44,7 +44,7 @@ def shard_index(merchant_id: str, shards: int) -> int:
 
 class PaymentShard:
     def __init__(self, index: int, shards: int, ledger_dsn: str, vault_name: str, link_names: list[str],
-                 namespace: str, stale_after_s: float, connections: int = 20) -> None:
+                 namespace: str, stale_after_s: float, connections: int) -> None:
         self.index, self.shards = index, shards
         self.connections = connections
         self.ledger_dsn = ledger_dsn
