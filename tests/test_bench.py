@@ -206,3 +206,16 @@ def test_a_concurrency_the_open_file_limit_cannot_hold_is_refused_up_front() -> 
     refused = _in_child(code.format(c=1024), 256, 1024)
     assert refused.returncode == 2  # bad usage
     assert "--concurrency 1024 needs more open files than this process may have (1024)" in refused.stderr
+
+
+def test_the_ray_call_benchmark_measures_both_actors_in_both_modes() -> None:
+    done = subprocess.run([sys.executable, "-m", "cluster.bench.raycall", "--calls", "30", "--rate", "200",
+                           "--items", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    assert [(row["actor"], row["mode"], row["calls"]) for row in rows] == [
+        ("task events on", "paced 200/s", 30), ("task events off", "paced 200/s", 30),
+        ("task events on", "back to back", 30), ("task events off", "back to back", 30)]
+    for row in rows:
+        assert row["machine_ms_per_call"] > 0 and row["caller_ms_per_call"] > 0, row
+        assert 0 < row["p50_us"] <= row["p99_us"], row

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import random
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,18 +29,7 @@ from actors.fraud.engine import RiskEngine
 from actors.fraud.messages import OutcomeRecord, ScoreRequest
 from actors.fraud.rules import DEFAULT_RULES, CompiledRules, RiskRules
 from actors.fraud.scorer import FraudScorer
-
-
-def _pct(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else 0.0
-
-
-def summary(latencies_us: Sequence[float]) -> dict[str, float]:
-    return {"n": len(latencies_us), "p50_us": round(_pct(latencies_us, 0.50), 1),
-            "p99_us": round(_pct(latencies_us, 0.99), 1), "p999_us": round(_pct(latencies_us, 0.999), 1),
-            "max_us": round(max(latencies_us), 1) if latencies_us else 0.0,
-            "mean_us": round(statistics.fmean(latencies_us), 1) if latencies_us else 0.0}
+from cluster.bench.stats import summary_us
 
 
 class Traffic:
@@ -106,8 +94,8 @@ def bench_engine(count: int, warmup: int) -> dict[str, Any]:
             engine.record_outcome(OutcomeRecord(req.attempt_id, req.merchant_id, req.fingerprint, req.ip_address,
                                                 req.email, req.device_id, "declined"), now)
     elapsed = time.perf_counter() - started
-    return {"what": "RiskEngine.score, one request at a time, in-process", **summary(latencies),
-            "cpu_time": summary(cpu), "scores_per_s": round(count / elapsed), "outcomes": outcomes,
+    return {"what": "RiskEngine.score, one request at a time, in-process", **summary_us(latencies),
+            "cpu_time": summary_us(cpu), "scores_per_s": round(count / elapsed), "outcomes": outcomes,
             **engine.memory()}
 
 
@@ -127,7 +115,7 @@ async def _bench_scorer_inprocess(count: int, batch: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     stats = await scorer.stats()
     await scorer.close()
-    return {"what": f"FraudScorer.score_many in-process, batches of {batch}", "per_call": summary(calls),
+    return {"what": f"FraudScorer.score_many in-process, batches of {batch}", "per_call": summary_us(calls),
             "per_score_inside": stats["score_ms"], "scores_per_s": round(count / elapsed)}
 
 
@@ -155,7 +143,7 @@ def bench_actor(batches: Sequence[int], calls: int, ray_address: str | None) -> 
                 round_trips.append((time.perf_counter_ns() - began) / 1000)
             elapsed = time.perf_counter() - started
             results.append({"what": f"FraudScorer actor, score_many round trip, batches of {batch}",
-                            "per_call": summary(round_trips), "scores_per_s": round(calls * batch / elapsed)})
+                            "per_call": summary_us(round_trips), "scores_per_s": round(calls * batch / elapsed)})
         stats: dict[str, Any] = ray.get(actor.stats.remote())
         results.append({"what": "inside the actor, per score (all batch sizes above)", **stats["score_ms"],
                         "entities": stats["entities"]})

@@ -1,10 +1,13 @@
 """What the load generator measured: an HDR histogram per endpoint, status and error counts, and
-one bucket per second of the run (completions and latencies) for the timeline and the plot."""
+one bucket per second of the run (completions and latencies) for the timeline and the plot; and
+the latency summary the microbenchmarks print."""
 
 from __future__ import annotations
 
+import statistics
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,3 +106,15 @@ def _pick(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return 0.0
     return round(float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]), 3)
+
+
+def summary_us(latencies_us: Sequence[float]) -> dict[str, float]:
+    """Count, percentiles, max and mean of a small sample of latencies in µs (the microbenchmarks)."""
+    ordered = sorted(latencies_us)
+
+    def pct(share: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1) if ordered else 0.0
+
+    return {"n": len(ordered), "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "max_us": round(ordered[-1], 1) if ordered else 0.0,
+            "mean_us": round(statistics.fmean(ordered), 1) if ordered else 0.0}
