@@ -66,7 +66,7 @@ class StackMonitor:
 
     def start(self) -> StackMonitor:
         psutil.cpu_percent(None)
-        self._machine0, self._t0 = psutil.cpu_times(), time.monotonic()
+        self._machine0, self._t0 = machine_busy_cpu_s(), time.monotonic()
         if self.root_pid is not None:
             self._sample(pss=True)
             self._cpu_start = dict(self._cpu)
@@ -93,7 +93,7 @@ class StackMonitor:
         if self._thread.is_alive():
             self._sample(pss=False)
         self.usage.stack_cpu_s = round(sum(self._cpu.values()) - sum(self._cpu_start.values()), 2)
-        self.usage.machine_busy_cpu_s = round(_busy(psutil.cpu_times()) - _busy(self._machine0), 2)
+        self.usage.machine_busy_cpu_s = round(machine_busy_cpu_s() - self._machine0, 2)
         self.usage.window_s = time.monotonic() - self._t0
         by_component: dict[str, float] = {}
         for pid, total in self._cpu.items():
@@ -175,9 +175,11 @@ def component(process: psutil.Process) -> str:
         return "?"
 
 
-def _busy(times: object) -> float:
+def machine_busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all but idle, iowait and guest time)."""
+    times = psutil.cpu_times()
     idle = getattr(times, "idle", 0.0) + getattr(times, "iowait", 0.0)
-    return float(sum(times)) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)  # type: ignore[call-overload]
+    return float(sum(times)) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
 def cpu_seconds(pid: int | None) -> float:

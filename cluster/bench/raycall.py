@@ -20,11 +20,13 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
 
+from cluster.bench.monitor import cpu_seconds, machine_busy_cpu_s
 from cluster.bench.stats import summary_us
 
 # One item looks like a payment command between two hops: a few ids, an amount, a small dict.
@@ -56,24 +58,10 @@ class Echo:
 EchoActor = ray.remote(Echo)
 
 
-def _machine_cpu_s() -> float:
-    """Busy CPU seconds of the whole machine since boot (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as stat:
-        fields = stat.readline().split()[1:8]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields)
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def _process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _measure(label: str, actor: Any, actor_pid: int, calls: int, rate: float | None, items: int) -> Measure:
     batch = [_ITEM] * items
     latencies: list[float] = []
-    machine, caller, callee = _machine_cpu_s(), time.process_time(), _process_cpu_s(actor_pid)
+    machine, caller, callee = machine_busy_cpu_s(), time.process_time(), cpu_seconds(actor_pid)
     for _ in range(calls):
         started = time.perf_counter()
         await actor.echo.remote(batch)
@@ -83,13 +71,13 @@ async def _measure(label: str, actor: Any, actor_pid: int, calls: int, rate: flo
     per_call = 1000 / calls
     latency = summary_us([seconds * 1e6 for seconds in latencies])
     return Measure(label, f"paced {rate:g}/s" if rate else "back to back", calls,
-                   round((_machine_cpu_s() - machine) * per_call, 3),
+                   round((machine_busy_cpu_s() - machine) * per_call, 3),
                    round((time.process_time() - caller) * per_call, 3),
-                   round((_process_cpu_s(actor_pid) - callee) * per_call, 3),
+                   round((cpu_seconds(actor_pid) - callee) * per_call, 3),
                    latency["p50_us"], latency["p99_us"])
 
 
-async def measure(calls: int, rate: float, items: int, say: Any = print) -> list[Measure]:
+async def measure(calls: int, rate: float, items: int, say: Callable[[str], None] = print) -> list[Measure]:
     """Each actor paced, then each back to back (Ray must be initialised)."""
     actors: dict[str, Any] = {label: EchoActor.options(enable_task_events=events).remote()
                               for label, events in ACTORS.items()}

@@ -102,19 +102,21 @@ class Recorder:
         return rows
 
 
-def _pick(sorted_values: list[float], fraction: float) -> float:
+def _at(sorted_values: Sequence[float], fraction: float) -> float:
+    """The value at `fraction` of a sorted sample (nearest rank, rounding down); 0 for none."""
     if not sorted_values:
         return 0.0
-    return round(float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]), 3)
+    return float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))])
+
+
+def _pick(sorted_values: list[float], fraction: float) -> float:
+    return round(_at(sorted_values, fraction), 3)
 
 
 def summary_us(latencies_us: Sequence[float]) -> dict[str, float]:
     """Count, percentiles, max and mean of a small sample of latencies in µs (the microbenchmarks)."""
     ordered = sorted(latencies_us)
-
-    def pct(share: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1) if ordered else 0.0
-
-    return {"n": len(ordered), "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
+    return {"n": len(ordered), "p50_us": round(_at(ordered, 0.50), 1), "p99_us": round(_at(ordered, 0.99), 1),
+            "p999_us": round(_at(ordered, 0.999), 1),
             "max_us": round(ordered[-1], 1) if ordered else 0.0,
             "mean_us": round(statistics.fmean(ordered), 1) if ordered else 0.0}
