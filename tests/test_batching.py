@@ -62,7 +62,7 @@ def test_an_idle_hop_sends_at_once() -> None:
 def test_items_queue_while_calls_are_out_then_go_in_one_batch() -> None:
     async def main() -> None:
         remote = Recorder(hold=True)
-        batcher = Batcher(remote, max_in_flight=1, max_wait_s=5.0)
+        batcher = Batcher(remote, max_in_flight=1, min_wait_s=5.0, max_wait_s=5.0)
         first = asyncio.ensure_future(batcher.call(0))
         await asyncio.sleep(0.01)
         later = [asyncio.ensure_future(batcher.call(i)) for i in (2, 4, 6)]
@@ -86,6 +86,54 @@ def test_a_stuck_call_holds_the_queue_only_for_max_wait() -> None:
         assert stuck.batches == [[0], [2]]  # sent although the first never answered
         stuck.release.set()
         assert await asyncio.gather(first, queued) == [0, 20]
+
+    run(main())
+
+
+class StuckOnZero(Recorder):
+    """Answers at once, except a batch holding 0, which answers when released."""
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(list(items))
+        if 0 in items:
+            await self.release.wait()
+        return [i * 10 for i in items]
+
+
+def test_a_stuck_call_stops_counting_as_in_flight() -> None:
+    async def main() -> None:
+        remote = StuckOnZero(hold=True)
+        batcher = Batcher(remote, max_in_flight=1, min_wait_s=0.05, max_wait_s=0.05)
+        stuck = asyncio.ensure_future(batcher.call(0))
+        await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(batcher.call(2), timeout=1.0) == 20  # after the patience
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        assert await batcher.call(4) == 40
+        assert loop.time() - asked < 0.04  # the stuck call no longer holds the queue
+        assert remote.batches == [[0], [2], [4]]
+        remote.release.set()
+        assert await stuck == 0
+
+    run(main())
+
+
+def test_the_patience_follows_the_round_trip() -> None:
+    async def slow(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.04)
+        return items
+
+    async def main() -> None:
+        batcher = Batcher(slow, min_wait_s=0.005, max_wait_s=1.0)
+        assert batcher.patience_s == 0.005  # nothing measured yet
+        for i in range(60):
+            await batcher.call(i)
+        assert 0.03 < batcher.round_trip_s < 0.06
+        assert 0.06 < batcher.patience_s < 0.12  # twice the round trip
+        capped = Batcher(slow, min_wait_s=0.005, max_wait_s=0.02)
+        for i in range(30):
+            await capped.call(i)
+        assert capped.patience_s == 0.02
 
     run(main())
 
