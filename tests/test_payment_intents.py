@@ -1,11 +1,13 @@
 """PaymentIntents against the real stack: every Stripe test card, the capture/cancel lifecycle with
 banksim's journal checked against the ledger after each step, the state machine's refusals,
-validation, retrieve/list, another merchant's ids, and a bank that never answers."""
+validation, retrieve/list, another merchant's ids, and a bank that never answers (which must not
+hold up the payments queued behind it)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -506,6 +508,25 @@ def test_another_merchants_id_is_not_a_cursor(api: httpx.Client, other_api: http
 
 
 # ---- 7. a bank that never answers -------------------------------------------------------------------
+
+def test_a_payment_the_bank_never_answers_does_not_hold_up_the_merchants_others(api: httpx.Client) -> None:
+    """Each hop sends its queue in batches while a call is out; the call carrying the unanswered
+    authorization must count as stuck after a while, or everything queued behind it waits for
+    the bank timeout too."""
+    stuck_pm = tokenize(api, NEVER_ANSWER_CARD)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        stuck = pool.submit(_create, api, amount=3100, payment_method=stuck_pm, confirm="true")
+        time.sleep(0.5)  # its authorization is at the bank, which holds it for the 2 s timeout
+        assert not stuck.done()
+        started = time.monotonic()
+        others = [pool.submit(_create, api, amount=1000 + i, payment_method="pm_card_visa", confirm="true")
+                  for i in range(5)]
+        answers = [future.result() for future in others]
+        took = time.monotonic() - started
+        assert not stuck.done(), f"the others took {took:.2f}s: as long as the bank timeout"
+        assert [_ok(a)["status"] for a in answers] == ["succeeded"] * 5
+        assert took < 1.0, f"five payments took {took:.2f}s behind one the bank never answered"
+        assert stuck.result().status_code == 402
 
 @pytest.mark.parametrize("card", [NEVER_ANSWER_CARD, SLOW_CARD], ids=["never-answers", "answers-too-late"])
 @pytest.mark.parametrize("capture_method", ["automatic", "manual"])
