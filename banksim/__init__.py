@@ -23,11 +23,13 @@ def command(
     latency_ms: int = 0,
     slow_ms: int = 3000,
     log_file: str | Path | None = None,
+    log_level: str = "INFO",
 ) -> list[str]:
-    """The argv that starts banksim with this interpreter (for `cluster.procs.ChildProcess`)."""
+    """The argv that starts banksim with this interpreter (for `cluster.procs.ChildProcess`);
+    at DEBUG it logs every message (masked), which the journal holds anyway."""
     argv = [
         sys.executable, "-m", "banksim", "--host", host, "--port", str(port), "--journal", str(journal),
-        "--latency-ms", str(latency_ms), "--slow-ms", str(slow_ms),
+        "--latency-ms", str(latency_ms), "--slow-ms", str(slow_ms), "--log-level", log_level,
     ]  # fmt: skip
     if log_file is not None:
         argv += ["--log-file", str(log_file)]

@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import ray
 
+import banksim
 from actors.registry import ensure_actors
 from cluster.broker import LocalBroker, ensure_topics
 from cluster.config import Config, HostPort
@@ -142,9 +143,8 @@ class LocalStack:
         self._say("starting bank simulator (ISO 8583)")
         port = self._port("banksim")
         self.bank_journal_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "banksim", "--host", "127.0.0.1", "--port", str(port),
-                "--journal", str(self.bank_journal_path), "--latency-ms", str(self.config.bank_latency_ms),
-                "--log-file", str(self.config.log_dir / "banksim.log")]
+        argv = banksim.command(port, self.bank_journal_path, latency_ms=self.config.bank_latency_ms,
+                               log_file=self.config.log_dir / "banksim.log", log_level=self.config.log_level)
         self.banksim = ChildProcess("banksim", argv, self.config.log_dir / "banksim.out").start()
         self.banksim.wait_listening("127.0.0.1", port)
         return HostPort("127.0.0.1", port)

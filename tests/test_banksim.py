@@ -60,7 +60,7 @@ class Bank:
 def start_bank(directory: Path, port: int | None = None, slow_ms: int = 3000) -> Bank:
     port = port or free_port()
     journal, log, out = directory / "journal.sqlite3", directory / "banksim.log", directory / "banksim.out"
-    argv = command(port, journal, log_file=log, slow_ms=slow_ms)
+    argv = command(port, journal, log_file=log, slow_ms=slow_ms, log_level="DEBUG")  # a line per message
     proc = ChildProcess("banksim", argv, out).start()
     proc.wait_listening(HOST, port)
     return Bank(port, journal, log, out, proc)
