@@ -54,13 +54,12 @@ class Batcher(Generic[Item, Result]):
     def _schedule(self) -> None:
         if not self.pending or self.soon is not None:
             return
-        loop = asyncio.get_running_loop()
-        stuck_at = loop.time() - self.patience_s
-        in_flight = sorted(left for left in self.out if left > stuck_at)
+        loop, patience = asyncio.get_running_loop(), self.patience_s
+        in_flight = sorted(left for left in self.out if left > loop.time() - patience)
         if len(in_flight) < self.max_in_flight or len(self.pending) >= self.max_items:
             self.soon = loop.call_soon(self._flush)
         elif self.timer is None:
-            self.timer = loop.call_at(in_flight[-self.max_in_flight] + self.patience_s, self._flush)
+            self.timer = loop.call_at(in_flight[-self.max_in_flight] + patience, self._flush)
 
     @property
     def patience_s(self) -> float:

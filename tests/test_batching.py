@@ -75,10 +75,10 @@ def test_items_queue_while_calls_are_out_then_go_in_one_batch() -> None:
     run(main())
 
 
-def test_a_stuck_call_holds_the_queue_only_for_max_wait() -> None:
+def test_a_stuck_call_holds_the_queue_only_for_the_patience() -> None:
     async def main() -> None:
         stuck = Recorder(hold=True)
-        batcher = Batcher(stuck, max_in_flight=1, max_wait_s=0.05)
+        batcher = Batcher(stuck, max_in_flight=1, min_wait_s=0.05, max_wait_s=0.05)
         first = asyncio.ensure_future(batcher.call(0))
         await asyncio.sleep(0.01)
         queued = asyncio.ensure_future(batcher.call(2))

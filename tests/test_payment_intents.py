@@ -528,6 +528,7 @@ def test_a_payment_the_bank_never_answers_does_not_hold_up_the_merchants_others(
         assert took < 1.0, f"five payments took {took:.2f}s behind one the bank never answered"
         assert stuck.result().status_code == 402
 
+
 @pytest.mark.parametrize("card", [NEVER_ANSWER_CARD, SLOW_CARD], ids=["never-answers", "answers-too-late"])
 @pytest.mark.parametrize("capture_method", ["automatic", "manual"])
 def test_bank_timeout_reverses_and_fails_cleanly(api: httpx.Client, stack_info: StackInfo, merchant: Merchant,
