@@ -61,6 +61,7 @@ class Config:
     webhook_backoff_s: float = 60.0
     webhook_window_s: float = 3 * 24 * 3600.0
     webhook_timeout_s: float = 10.0
+    direct_calls: bool = True  # hot actor calls over a Unix socket on the node (actors/direct.py)
     pg_stat_statements: bool = False  # local ledger PostgreSQL: load pg_stat_statements (bench --profile)
     # Ports used by the local stack for the parts it starts itself (0 = pick a free one).
     local_ports: Mapping[str, int] = field(default_factory=dict)
@@ -202,5 +203,6 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         webhook_backoff_s=_float(env, "PAYGATE_WEBHOOK_BACKOFF_S", 60.0, 0.01, 86400),
         webhook_window_s=_float(env, "PAYGATE_WEBHOOK_RETRY_WINDOW_S", 3 * 24 * 3600.0, 0.1, 30 * 86400),
         webhook_timeout_s=_float(env, "PAYGATE_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 120),
+        direct_calls=_int(env, "PAYGATE_DIRECT_CALLS", 1, 0, 1) == 1,
         pg_stat_statements=_int(env, "PAYGATE_PG_STAT_STATEMENTS", 0, 0, 1) == 1,
     )

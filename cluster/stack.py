@@ -167,7 +167,8 @@ class LocalStack:
 
     def _runtime_env(self) -> dict[str, object]:
         # Every actor process installs the same redacting JSON logging and GC tuning as the other processes.
-        return {"env_vars": {"PAYGATE_LOG_LEVEL": self.config.log_level},
+        return {"env_vars": {"PAYGATE_LOG_LEVEL": self.config.log_level,
+                             "PAYGATE_DIRECT_CALLS": "1" if self.config.direct_calls else "0"},
                 "worker_process_setup_hook": "cluster.runtime.setup_worker"}
 
     async def _test_merchant_key(self, ledger_dsn: str) -> str:

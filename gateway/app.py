@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from actors.batching import Batcher
+from actors.direct import DirectClient
 from actors.registry import CARD_VAULT, RATE_LIMITER, shard_name, system_actors
 from cluster.config import Config
 from cluster.db import create_pool
@@ -57,12 +58,13 @@ def create_app(config: Config) -> Starlette:
         pool = await create_pool(config.ledger_dsn, min_size=2, max_size=20)
         actors = {spec.name: ray.get_actor(spec.name, namespace=config.ray_namespace)
                   for spec in system_actors(config)}
+        vault = DirectClient(actors[CARD_VAULT])
         app.state.gw = GatewayState(
             config=config, pool=pool, auth=MerchantAuthenticator(pool),
             rate=RateLimitClient(actors[RATE_LIMITER], config.rate_limit_per_s),
             admin_key=read_admin_key(config), actors=actors,
             shards=[actors[shard_name(i)] for i in range(config.shards)], vault=actors[CARD_VAULT],
-            tokenizer=Batcher(lambda requests: actors[CARD_VAULT].tokenize_many.remote(requests)),
+            tokenizer=Batcher(lambda requests: vault.call("tokenize_many", requests)),
         )
         log.info("gateway ready on %s", config.base_url)
         try:

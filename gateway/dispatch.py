@@ -17,6 +17,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from starlette.responses import Response
 
 from actors.batching import Batcher
+from actors.direct import DirectCallLost, DirectClient
 from actors.errors import ApiError, IdempotencyInProgress, InvalidRequest
 from actors.payments.idempotency import INTERNAL_KEY_PREFIX
 from actors.payments.messages import Idempotency, PaymentCommand, Reply
@@ -26,7 +27,7 @@ from gateway.validation import request_hash
 
 log = logging.getLogger("paygate.gateway.dispatch")
 
-_RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError)
+_RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, DirectCallLost)
 
 
 def idempotency_for(call: Call) -> Idempotency:
@@ -46,8 +47,8 @@ def shard_batcher(call: Call) -> Batcher[PaymentCommand, Reply]:
     batchers = call.state.shard_batchers
     index = shard_index(call.merchant_id, len(call.state.shards))
     if index not in batchers:
-        shard = call.state.shards[index]
-        batchers[index] = Batcher(lambda commands: shard.execute_many.remote(commands))
+        shard = DirectClient(call.state.shards[index])
+        batchers[index] = Batcher(lambda commands: shard.call("execute_many", commands))
     return batchers[index]
 
 

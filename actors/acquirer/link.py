@@ -26,6 +26,7 @@ from actors.acquirer.messages import (
     format_transmitted_at,
 )
 from actors.batching import Batcher, gather_outcomes
+from actors.direct import DirectCallable, DirectClient
 
 log = logging.getLogger("paygate.acquirer.link")
 
@@ -57,7 +58,9 @@ class AuthorizeOrder:
     capture: tuple[str, str] | None = None  # STAN and RRN of the completion, for an automatic capture
 
 
-class AcquirerLink:
+class AcquirerLink(DirectCallable):
+    DIRECT_METHODS = frozenset({"authorize_many", "send_many"})
+
     def __init__(self, host: str, port: int, connections: int, timeout_s: float, vault_name: str,
                  namespace: str, adapter: AcquirerAdapter | None = None) -> None:
         self.adapter: AcquirerAdapter = adapter or Iso8583Adapter(host, port, connections, timeout_s)
@@ -71,7 +74,7 @@ class AcquirerLink:
             return
         await self.adapter.start()
         vault = ray.get_actor(self.vault_name, namespace=self.namespace)
-        self.detokenizer = Batcher(_detokenize_many(vault))
+        self.detokenizer = Batcher(_detokenize_many(DirectClient(vault)))
         self.started = True
 
     async def ping(self) -> str:
@@ -143,9 +146,9 @@ class AcquirerLink:
         return BankOutcome("unknown", None, sent_at, "no answer after retransmissions")
 
 
-def _detokenize_many(vault: Any) -> Any:
+def _detokenize_many(vault: DirectClient) -> Any:
     async def call(requests: list[tuple[str, str, str]]) -> list[Any]:
-        cards = await vault.detokenize_many.remote(requests)
+        cards = await vault.call("detokenize_many", requests)
         return [card if card is not None else LookupError("No such payment method.") for card in cards]
 
     return call

@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 
+from actors.direct import DirectClient
 from actors.fraud import scorer_name
 from actors.fraud.messages import OutcomeRecord, Result, ScoreRequest, ScoreResult, entity_key, owner
 from actors.fraud.rules import normalize
@@ -45,7 +46,7 @@ class ScorerClient:
     """One scorer's queue: at most one `score_many` in flight; the next carries all that queued up."""
 
     def __init__(self, handle: Any, timeout_s: float = SCORE_TIMEOUT_S) -> None:
-        self.handle = handle
+        self.scorer = DirectClient(handle)
         self.timeout_s = timeout_s
         self.requests: list[tuple[ScoreRequest, asyncio.Future[ScoreResult]]] = []
         self.outcomes: list[OutcomeRecord] = []
@@ -79,7 +80,7 @@ class ScorerClient:
             outcomes, self.outcomes = self.outcomes, []
             try:
                 results = await asyncio.wait_for(
-                    self.handle.score_many.remote([r for r, _ in batch], outcomes), self.timeout_s)
+                    self.scorer.call("score_many", [r for r, _ in batch], outcomes), self.timeout_s)
             except Exception as error:  # RayActorError, timeout...: every caller in the batch learns it
                 for _, future in batch:
                     if not future.done():

@@ -25,6 +25,7 @@ from typing import Any
 
 import ray
 
+from actors.direct import DirectCallable
 from actors.fraud import store
 from actors.fraud.engine import RiskEngine
 from actors.fraud.messages import OutcomeRecord, ScoreRequest, ScoreResult
@@ -41,7 +42,9 @@ PROBE_MERCHANT = "acct_paygate_risk_probe"  # the vault resolves Stripe's test c
 LATENCY_SAMPLES = 65_536
 
 
-class FraudScorer:
+class FraudScorer(DirectCallable):
+    DIRECT_METHODS = frozenset({"score_many"})
+
     def __init__(self, index: int, scorers: int, ledger_dsn: str | None, vault_name: str | None = None,
                  namespace: str = "paygate", max_entities: int = 200_000) -> None:
         self.index, self.scorers = index, scorers

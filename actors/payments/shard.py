@@ -21,6 +21,7 @@ import ray
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
 from actors.acquirer.messages import AcquirerRequest
 from actors.batching import Batcher, gather_outcomes
+from actors.direct import DirectCallable, DirectClient
 from actors.errors import ApiError, IdempotencyError, IdempotencyInProgress, StripeError
 from actors.fraud.assessor import FraudAssessor
 from actors.payments import idempotency
@@ -42,7 +43,9 @@ def shard_index(merchant_id: str, shards: int) -> int:
     return zlib.crc32(merchant_id.encode()) % shards
 
 
-class PaymentShard:
+class PaymentShard(DirectCallable):
+    DIRECT_METHODS = frozenset({"execute_many"})
+
     def __init__(self, index: int, shards: int, ledger_dsn: str, vault_name: str, link_names: list[str],
                  namespace: str, stale_after_s: float, connections: int) -> None:
         self.index, self.shards = index, shards
@@ -181,8 +184,9 @@ class _LinkPool:
     """Spreads bank calls over the AcquirerLink actors, keeping one payment on one link."""
 
     def __init__(self, links: list[Any]) -> None:
-        self.authorizers = [Batcher(_remote_many(link.authorize_many)) for link in links]
-        self.senders = [Batcher(_remote_many(link.send_many)) for link in links]
+        clients = [DirectClient(link) for link in links]
+        self.authorizers = [Batcher(_many(client, "authorize_many")) for client in clients]
+        self.senders = [Batcher(_many(client, "send_many")) for client in clients]
 
     @staticmethod
     def _index(key: str, count: int) -> int:
@@ -199,15 +203,15 @@ class _VaultClient:
     """The shard's view of the vault: PaymentMethod metadata only, fetched in micro-batches."""
 
     def __init__(self, vault: Any) -> None:
-        self.getter: Batcher[tuple[str, str], Any] = Batcher(_remote_many(vault.get_many))
+        self.getter: Batcher[tuple[str, str], Any] = Batcher(_many(DirectClient(vault), "get_many"))
 
     async def get(self, merchant_id: str, pm_id: str) -> dict[str, Any] | None:
         return await self.getter.call((merchant_id, pm_id))
 
 
-def _remote_many(method: Any) -> Any:
+def _many(client: DirectClient, method: str) -> Any:
     async def call(items: list[Any]) -> Any:
-        return await method.remote(items)
+        return await client.call(method, items)
 
     return call
 

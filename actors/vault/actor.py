@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 import ray
 
+from actors.direct import DirectCallable
 from actors.ids import new_id
 from actors.vault.cards import TEST_PAYMENT_METHODS, CardData, CardError, ValidCard, validate_card
 from actors.vault.crypto import (
@@ -241,8 +242,10 @@ class _LostRace(Exception):
 
 # --- the actor --------------------------------------------------------------------------------
 
-class CardVault:
+class CardVault(DirectCallable):
     """The card vault. Plain class (unit-testable); `CardVaultActor` is its Ray actor."""
+
+    DIRECT_METHODS = frozenset({"tokenize_many", "get_many", "detokenize_many"})
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
 """What one Ray actor call costs on this machine: the CPU of the caller, of the actor and of the
 whole machine per call, and the call's latency — paced (a call every 1/rate s, like a hop under
 light load, where each micro-batch carries one item) and back to back — for an actor with Ray's
-default task events and for one without them, as paygate's actors run (`enable_task_events=False`).
+default task events and for one without them, as paygate's actors run (`enable_task_events=False`),
+and for the latter's direct calls (`actors/direct.py`: the same method over its Unix socket).
 
     python -m cluster.bench.raycall                          # 1,000 calls per actor and mode
     python -m cluster.bench.raycall --calls 3000 --rate 100 --items 10 --json
@@ -15,17 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
 
+from actors.direct import DirectCallable, DirectClient
 from cluster.bench.monitor import cpu_seconds, machine_busy_cpu_s
 from cluster.bench.stats import summary_us
 
@@ -33,6 +36,7 @@ from cluster.bench.stats import summary_us
 _ITEM = {"payment_id": "pi_" + "x" * 24, "merchant_id": "acct_" + "y" * 16, "amount": 1999, "currency": "usd",
          "risk": {"ip": "203.0.113.7", "email": "buyer@example.com"}}
 ACTORS = {"task events on": True, "task events off": False}  # label -> enable_task_events
+DIRECT = "direct (socket)"  # the task-events-off actor called over its Unix socket
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,9 @@ class Measure:
     p99_us: float
 
 
-class Echo:
+class Echo(DirectCallable):
+    DIRECT_METHODS = frozenset({"echo"})
+
     async def echo(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return batch
 
@@ -58,13 +64,16 @@ class Echo:
 EchoActor = ray.remote(Echo)
 
 
-async def _measure(label: str, actor: Any, actor_pid: int, calls: int, rate: float | None, items: int) -> Measure:
+Echoing = Callable[[list[dict[str, Any]]], Awaitable[Any]]
+
+
+async def _measure(label: str, echo: Echoing, actor_pid: int, calls: int, rate: float | None, items: int) -> Measure:
     batch = [_ITEM] * items
     latencies: list[float] = []
     machine, caller, callee = machine_busy_cpu_s(), time.process_time(), cpu_seconds(actor_pid)
     for _ in range(calls):
         started = time.perf_counter()
-        await actor.echo.remote(batch)
+        await echo(batch)
         latencies.append(time.perf_counter() - started)
         if rate:
             await asyncio.sleep(max(0.0, 1 / rate - latencies[-1]))
@@ -82,14 +91,20 @@ async def measure(calls: int, rate: float, items: int, say: Callable[[str], None
     actors: dict[str, Any] = {label: EchoActor.options(enable_task_events=events).remote()
                               for label, events in ACTORS.items()}
     pids = {label: await actor.pid.remote() for label, actor in actors.items()}
-    for actor in actors.values():
+    echoes: dict[str, Echoing] = {label: actor.echo.remote for label, actor in actors.items()}
+    direct = DirectClient(actors["task events off"])
+    echoes[DIRECT] = functools.partial(direct.call, "echo")
+    pids[DIRECT] = pids["task events off"]
+    for echo in echoes.values():
         for _ in range(100):  # warm-up: connections, worker imports, code paths
-            await actor.echo.remote([_ITEM])
+            await echo([_ITEM])
+    if direct.connection is None:
+        raise RuntimeError("the direct calls went through Ray (PAYGATE_DIRECT_CALLS=0?)")
     rows = []
     for mode_rate in (rate, None):
-        for label, actor in actors.items():
+        for label, echo in echoes.items():
             say(f"{label}: {calls} calls " + (f"paced at {mode_rate:g}/s" if mode_rate else "back to back"))
-            rows.append(await _measure(label, actor, pids[label], calls, mode_rate, items))
+            rows.append(await _measure(label, echo, pids[label], calls, mode_rate, items))
     return rows
 
 
