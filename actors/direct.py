@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import logging
 import os
 import pickle
 import secrets
@@ -34,6 +35,7 @@ from typing import Any, ClassVar
 import ray
 
 _LENGTH = struct.Struct(">I")
+log = logging.getLogger("paygate.direct")
 
 
 class DirectCallLost(ConnectionError):
@@ -89,6 +91,8 @@ class DirectServer:
             if self.endpoint is None:
                 folder = Path(tempfile.gettempdir()) / f"paygate-direct-{os.getuid()}"
                 folder.mkdir(mode=0o700, exist_ok=True)
+                if folder.stat().st_uid != os.getuid():
+                    raise PermissionError(f"{folder} belongs to another user")
                 folder.chmod(0o700)
                 _remove_stale(folder)
                 path = folder / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
@@ -114,15 +118,15 @@ class DirectServer:
         try:
             if method not in self.methods:
                 raise AttributeError(f"{type(self.target).__name__}.{method} is not a direct method")
-            answer = (call_id, True, await getattr(self.target, method)(*args))
+            ok, value = True, await getattr(self.target, method)(*args)
         except Exception as error:
-            answer = (call_id, False, error)
+            ok, value = False, error
         try:
-            frame = _frame(answer)
+            payload = pickle.dumps(value, protocol=5)
         except Exception as error:  # an answer pickle cannot carry: the caller learns why
-            frame = _frame((call_id, False, RuntimeError(f"{method} answered what cannot be sent: {error!r}")))
+            ok, payload = False, pickle.dumps(RuntimeError(f"{method} answered what cannot be sent: {error!r}"))
         if not writer.is_closing():
-            writer.write(frame)
+            writer.write(_frame((call_id, ok, payload)))
 
 
 class DirectCallable:
@@ -132,11 +136,16 @@ class DirectCallable:
     _direct: DirectServer | None = None
 
     async def direct_endpoint(self) -> DirectEndpoint | None:
+        """Where to call this actor directly; None: through Ray (switched off, or no socket here)."""
         if not enabled():
             return None
         if self._direct is None:
             self._direct = DirectServer(self, self.DIRECT_METHODS)
-        return await self._direct.start()
+        try:
+            return await self._direct.start()
+        except OSError as error:
+            log.warning("direct calls to %s unavailable, callers use Ray: %s", type(self).__name__, error)
+            return None
 
 
 class _Connection:
@@ -162,10 +171,14 @@ class _Connection:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                call_id, ok, value = pickle.loads(await _read_frame(reader))
+                call_id, ok, payload = pickle.loads(await _read_frame(reader))
                 future = self.waiting.get(call_id)
                 if future is None or future.done():
                     continue
+                try:
+                    value = pickle.loads(payload)
+                except Exception as error:  # e.g. an exception class whose __init__ pickle cannot call
+                    ok, value = False, RuntimeError(f"an answer that cannot be read: {error!r}")
                 if ok:
                     future.set_result(value)
                 else:
@@ -206,7 +219,12 @@ class DirectClient:
             return self.connection
         async with self.connecting:
             if self.connection is None or self.connection.closed:
-                endpoint: DirectEndpoint | None = await self.handle.direct_endpoint.remote()
+                try:
+                    ask = self.handle.direct_endpoint
+                except AttributeError:  # an actor class without direct methods (an older deploy)
+                    self.through_ray = True
+                    return None
+                endpoint: DirectEndpoint | None = await ask.remote()
                 if endpoint is None or endpoint.node_id != ray.get_runtime_context().get_node_id():
                     self.through_ray = True
                     return None

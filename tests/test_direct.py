@@ -22,8 +22,16 @@ from cluster.stack import LocalStack, StackInfo
 _serial = itertools.count(int(time.time()) % 100_000)
 
 
+class Picky(Exception):
+    """Pickles, but cannot be unpickled: pickle calls Picky() without the keyword."""
+
+    def __init__(self, *, needed: str) -> None:
+        super().__init__()
+        self.needed = needed
+
+
 class Echo(DirectCallable):
-    DIRECT_METHODS = frozenset({"echo", "fail", "slow"})
+    DIRECT_METHODS = frozenset({"echo", "fail", "slow", "picky"})
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -37,6 +45,9 @@ class Echo(DirectCallable):
     async def slow(self) -> str:
         await self.release.wait()
         return "late"
+
+    async def picky(self) -> None:
+        raise Picky(needed="x")
 
     async def secret(self) -> str:
         return "never over the socket"
@@ -75,6 +86,17 @@ def test_a_call_returns_its_result_and_an_error_comes_back_as_itself(stack_info:
         with pytest.raises(LookupError, match="no such thing"):
             await client.call("fail")
         assert handle.ray_calls == 0  # both went over the socket
+
+    run(main())
+
+
+def test_an_answer_the_caller_cannot_read_fails_only_its_own_call(stack_info: StackInfo) -> None:
+    async def main() -> None:
+        client = DirectClient(InProcessHandle(Echo()))
+        picky, echo = await asyncio.gather(client.call("picky"), client.call("echo", [7]), return_exceptions=True)
+        assert isinstance(picky, RuntimeError) and "cannot be read" in str(picky)
+        assert echo == ["7"]
+        assert client.connection is not None and not client.connection.closed
 
     run(main())
 
