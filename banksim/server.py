@@ -19,6 +19,7 @@ from pathlib import Path
 
 from actors.acquirer import iso8583 as iso
 from actors.acquirer.messages import mask_pan
+from actors.batching import CorkedWriter
 from banksim import cards
 from banksim.journal import Authorization, Journal, StoredAnswer
 
@@ -224,6 +225,7 @@ class BankServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         replies: set[asyncio.Task[None]] = set()
+        answers = CorkedWriter(writer.transport)
         try:
             while True:
                 try:
@@ -242,8 +244,12 @@ class BankServer:
                         mask_pan(doc["2"]) if "2" in doc else "-",  # masked here; the log filter is a 2nd net
                         answer.delay_s * 1000, f" ({answer.note})" if answer.note else "",
                     )  # fmt: skip
-                if answer.fields is not None:
-                    reply = asyncio.create_task(_reply(writer, answer.fields, answer.delay_s))
+                if answer.fields is None:
+                    continue
+                if answer.delay_s <= 0:
+                    answers.write(iso.encode_frame(answer.fields))
+                else:
+                    reply = asyncio.create_task(_reply(answers, answer.fields, answer.delay_s))
                     replies.add(reply)
                     reply.add_done_callback(replies.discard)
         finally:
@@ -252,14 +258,9 @@ class BankServer:
                 reply.cancel()
 
 
-async def _reply(writer: asyncio.StreamWriter, fields: Document, delay_s: float) -> None:
-    if delay_s > 0:
-        await asyncio.sleep(delay_s)
-    try:
-        writer.write(iso.encode_frame(fields))
-        await writer.drain()
-    except (ConnectionError, RuntimeError):
-        log.info("answer to stan=%s lost: connection closed", fields.get("11"))
+async def _reply(answers: CorkedWriter, fields: Document, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    answers.write(iso.encode_frame(fields))
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:

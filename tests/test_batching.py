@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import pytest
 
-from actors.batching import Batcher, RowBatcher
+from actors.batching import Batcher, CorkedWriter, RowBatcher
 from cluster.db import create_pool
 from cluster.stack import StackInfo
 from tests.bank import ledger
@@ -262,3 +262,38 @@ def test_checkouts_made_together_are_written_in_shared_transactions(stack_info: 
                                 "WHERE payment_id = ANY($1) AND type = 'payment_intent.created'", ids)
     assert len(events) == 40
     assert len({e["xid"] for e in events}) < 40
+
+
+class SentTransport:
+    """Records each send; a real transport behind CorkedWriter is exercised by banksim's and the
+    gateway's tests."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_the_writes_of_one_loop_turn_leave_in_one_send() -> None:
+    async def main() -> None:
+        transport = SentTransport()
+        corked = CorkedWriter(cast(asyncio.WriteTransport, transport))
+        corked.write(b"ab")
+        corked.write(b"cd")
+        assert transport.sends == []
+        await asyncio.sleep(0)
+        assert transport.sends == [b"abcd"]
+        corked.write(b"e")
+        await asyncio.sleep(0)
+        assert transport.sends == [b"abcd", b"e"]
+        transport.closing = True  # closed meanwhile: nothing more is written to it
+        corked.write(b"f")
+        await asyncio.sleep(0)
+        assert transport.sends == [b"abcd", b"e"]
+
+    run(main())

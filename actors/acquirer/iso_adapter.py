@@ -30,6 +30,7 @@ from actors.acquirer.messages import (
     AcquirerUnavailable,
     format_transmitted_at,
 )
+from actors.batching import CorkedWriter
 
 log = logging.getLogger("paygate.acquirer")
 
@@ -133,6 +134,7 @@ class _Link:
         self.pending: dict[str, tuple[str, asyncio.Future[Document]]] = {}
         self.first_attempt = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
+        self._frames: CorkedWriter | None = None  # the requests of one loop turn leave in one send
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -150,8 +152,8 @@ class _Link:
 
     async def exchange(self, request: AcquirerRequest, message_type: iso.MessageType, frame: bytes) -> Document:
         """Write one request and wait for the answer with the same STAN."""
-        writer = self._writer
-        if writer is None or writer.is_closing():
+        writer, frames = self._writer, self._frames
+        if writer is None or frames is None or writer.is_closing():
             raise AcquirerUnavailable(
                 f"acquirer connection {self.index} is down", request.stan, request.rrn, request.transmitted_at
             )
@@ -160,7 +162,7 @@ class _Link:
         self.pending[request.stan] = (message_type.response_mti, future)
         try:
             async with asyncio.timeout(self.timeout_s):
-                writer.write(frame)
+                frames.write(frame)
                 await writer.drain()
                 return await future
         except TimeoutError:
@@ -208,7 +210,7 @@ class _Link:
                     continue
                 delay = self.backoff_initial_s
                 log.info("acquirer connection %d to %s:%d up", self.index, self.host, self.port)
-                self._writer = writer
+                self._writer, self._frames = writer, CorkedWriter(writer.transport)
                 self.first_attempt.set()
                 try:
                     await self._read_replies(reader)
@@ -246,7 +248,7 @@ class _Link:
 
     def _drop(self, writer: asyncio.StreamWriter) -> None:
         """Close the socket and fail everything still waiting on it: sent, so outcome unknown."""
-        self._writer = None
+        self._writer, self._frames = None, None
         writer.close()
         waiting, self.pending = self.pending, {}
         for stan, (_, future) in waiting.items():
