@@ -66,9 +66,11 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
 def _remove_stale(folder: Path) -> None:
     """Sockets left by processes that have died (each is named after its process id)."""
     for path in folder.glob("*.sock"):
-        pid = int(path.name.split("-", 1)[0])
+        pid = path.name.split("-", 1)[0]
+        if not pid.isdigit():
+            continue
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
             path.unlink(missing_ok=True)
         except PermissionError:
