@@ -20,6 +20,7 @@ for the endpoint again, which waits out a restart (or raises Ray's error if the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import logging
@@ -28,6 +29,7 @@ import pickle
 import secrets
 import struct
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -207,6 +209,10 @@ class DirectClient:
         self.connection: _Connection | None = None
         self.through_ray = False
         self.connecting = asyncio.Lock()
+
+    def sender(self, method: str) -> Callable[[list[Any]], Awaitable[Any]]:
+        """`method` as a Batcher's send: one call per batch."""
+        return functools.partial(self.call, method)
 
     async def call(self, method: str, *args: Any) -> Any:
         connection = await self._connect()

@@ -64,7 +64,7 @@ def create_app(config: Config) -> Starlette:
             rate=RateLimitClient(actors[RATE_LIMITER], config.rate_limit_per_s),
             admin_key=read_admin_key(config), actors=actors,
             shards=[actors[shard_name(i)] for i in range(config.shards)], vault=actors[CARD_VAULT],
-            tokenizer=Batcher(lambda requests: vault.call("tokenize_many", requests)),
+            tokenizer=Batcher(vault.sender("tokenize_many")),
         )
         log.info("gateway ready on %s", config.base_url)
         try:

@@ -48,7 +48,7 @@ def shard_batcher(call: Call) -> Batcher[PaymentCommand, Reply]:
     index = shard_index(call.merchant_id, len(call.state.shards))
     if index not in batchers:
         shard = DirectClient(call.state.shards[index])
-        batchers[index] = Batcher(lambda commands: shard.call("execute_many", commands))
+        batchers[index] = Batcher(shard.sender("execute_many"))
     return batchers[index]
 
 

@@ -185,8 +185,8 @@ class _LinkPool:
 
     def __init__(self, links: list[Any]) -> None:
         clients = [DirectClient(link) for link in links]
-        self.authorizers = [Batcher(_many(client, "authorize_many")) for client in clients]
-        self.senders = [Batcher(_many(client, "send_many")) for client in clients]
+        self.authorizers = [Batcher(client.sender("authorize_many")) for client in clients]
+        self.senders = [Batcher(client.sender("send_many")) for client in clients]
 
     @staticmethod
     def _index(key: str, count: int) -> int:
@@ -203,17 +203,10 @@ class _VaultClient:
     """The shard's view of the vault: PaymentMethod metadata only, fetched in micro-batches."""
 
     def __init__(self, vault: Any) -> None:
-        self.getter: Batcher[tuple[str, str], Any] = Batcher(_many(DirectClient(vault), "get_many"))
+        self.getter: Batcher[tuple[str, str], Any] = Batcher(DirectClient(vault).sender("get_many"))
 
     async def get(self, merchant_id: str, pm_id: str) -> dict[str, Any] | None:
         return await self.getter.call((merchant_id, pm_id))
-
-
-def _many(client: DirectClient, method: str) -> Any:
-    async def call(items: list[Any]) -> Any:
-        return await client.call(method, items)
-
-    return call
 
 
 PaymentShardActor = ray.remote(PaymentShard)

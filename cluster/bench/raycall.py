@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -93,7 +92,7 @@ async def measure(calls: int, rate: float, items: int, say: Callable[[str], None
     pids = {label: await actor.pid.remote() for label, actor in actors.items()}
     echoes: dict[str, Echoing] = {label: actor.echo.remote for label, actor in actors.items()}
     direct = DirectClient(actors["task events off"])
-    echoes[DIRECT] = functools.partial(direct.call, "echo")
+    echoes[DIRECT] = direct.sender("echo")
     pids[DIRECT] = pids["task events off"]
     for echo in echoes.values():
         for _ in range(100):  # warm-up: connections, worker imports, code paths
