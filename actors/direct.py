@@ -89,6 +89,7 @@ class DirectServer:
         self.server: asyncio.AbstractServer | None = None
         self.answering: set[asyncio.Task[None]] = set()
         self.starting = asyncio.Lock()
+        self.served: dict[str, int] = {}  # calls answered, by method
 
     async def start(self) -> DirectEndpoint:
         async with self.starting:
@@ -122,6 +123,7 @@ class DirectServer:
         try:
             if method not in self.methods:
                 raise AttributeError(f"{type(self.target).__name__}.{method} is not a direct method")
+            self.served[method] = self.served.get(method, 0) + 1
             ok, value = True, await getattr(self.target, method)(*args)
         except Exception as error:
             ok, value = False, error
@@ -138,6 +140,10 @@ class DirectCallable:
 
     DIRECT_METHODS: ClassVar[frozenset[str]] = frozenset()
     _direct: DirectServer | None = None
+
+    async def direct_calls_served(self) -> dict[str, int]:
+        """How many direct calls each method has answered (none yet: {})."""
+        return dict(self._direct.served) if self._direct is not None else {}
 
     async def direct_endpoint(self) -> DirectEndpoint | None:
         """Where to call this actor directly; None: through Ray (switched off, or no socket here)."""

@@ -10,14 +10,18 @@ import os
 import time
 from typing import Any
 
+import httpx
 import pytest
 import ray
 from ray.exceptions import RayActorError
 
 from actors.acquirer.messages import AcquirerRequest
 from actors.direct import DirectCallable, DirectCallLost, DirectClient, DirectEndpoint, DirectServer, _frame
-from actors.registry import CARD_VAULT, link_name
+from actors.fraud import scorer_name
+from actors.payments.shard import shard_index
+from actors.registry import CARD_VAULT, link_name, shard_name
 from cluster.stack import LocalStack, StackInfo
+from tests.conftest import Merchant
 
 _serial = itertools.count(int(time.time()) % 100_000)
 
@@ -203,3 +207,26 @@ def test_a_restarted_link_is_called_again_through_its_new_socket(live_stack: Loc
         assert client.connection is not None and client.connection is not before
 
     run(main())
+
+
+def test_a_checkout_takes_the_direct_path_at_every_hop(live_stack: LocalStack, api: httpx.Client,
+                                                      merchant: Merchant) -> None:
+    config = live_stack.resolved
+    names = {"vault": CARD_VAULT, "shard": shard_name(shard_index(merchant.id, config.shards)),
+             "scorer": scorer_name(0), "link": link_name(0)}
+    actors = {part: ray.get_actor(name, namespace=config.ray_namespace) for part, name in names.items()}
+
+    def served() -> dict[str, dict[str, int]]:
+        return {part: ray.get(actor.direct_calls_served.remote()) for part, actor in actors.items()}
+
+    before = served()
+    pm = api.post("/v1/payment_methods", data={"type": "card", "card[number]": "4242424242424242",
+                                               "card[exp_month]": "12", "card[exp_year]": "2034", "card[cvc]": "123"})
+    assert pm.status_code == 200, pm.text
+    paid = api.post("/v1/payment_intents", data={"amount": "1500", "currency": "usd", "confirm": "true",
+                                                 "payment_method": pm.json()["id"]})
+    assert paid.status_code == 200 and paid.json()["status"] == "succeeded", paid.text
+    after = served()
+    grew = {(part, method) for part in after for method, n in after[part].items() if n > before[part].get(method, 0)}
+    assert {("vault", "tokenize_many"), ("shard", "execute_many"), ("scorer", "score_many"),
+            ("link", "authorize_many"), ("vault", "detokenize_many")} <= grew, (before, after)
