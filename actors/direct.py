@@ -55,9 +55,12 @@ def enabled() -> bool:
     return os.environ.get("PAYGATE_DIRECT_CALLS", "1") != "0"
 
 
+def _length_prefixed(data: bytes) -> bytes:
+    return _LENGTH.pack(len(data)) + data
+
+
 def _frame(message: Any) -> bytes:
-    payload = pickle.dumps(message, protocol=5)
-    return _LENGTH.pack(len(payload)) + payload
+    return _length_prefixed(pickle.dumps(message, protocol=5))
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
@@ -246,6 +249,6 @@ class DirectClient:
                     reader, writer = await asyncio.open_unix_connection(endpoint.path)
                 except OSError as error:  # gone since it answered (died, restarting): as a lost call
                     raise DirectCallLost(f"cannot reach {endpoint.path}: {error!r}") from error
-                writer.write(_LENGTH.pack(len(endpoint.token)) + endpoint.token)
+                writer.write(_length_prefixed(endpoint.token))
                 self.connection = _Connection(reader, writer)
         return self.connection

@@ -266,7 +266,7 @@ def test_checkouts_made_together_are_written_in_shared_transactions(stack_info: 
 
 class SentTransport:
     """Records each send; a real transport behind CorkedWriter is exercised by banksim's and the
-    gateway's tests."""
+    acquirer adapter's tests."""
 
     def __init__(self) -> None:
         self.sends: list[bytes] = []

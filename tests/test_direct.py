@@ -16,7 +16,15 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.acquirer.messages import AcquirerRequest
-from actors.direct import DirectCallable, DirectCallLost, DirectClient, DirectEndpoint, DirectServer, _frame
+from actors.direct import (
+    DirectCallable,
+    DirectCallLost,
+    DirectClient,
+    DirectEndpoint,
+    DirectServer,
+    _frame,
+    _length_prefixed,
+)
 from actors.fraud import scorer_name
 from actors.payments.shard import shard_index
 from actors.registry import CARD_VAULT, link_name, shard_name
@@ -120,7 +128,7 @@ def test_a_connection_without_the_token_is_closed_unanswered(stack_info: StackIn
         assert os.stat(os.path.dirname(endpoint.path)).st_mode & 0o077 == 0  # only this user gets in
         reader, writer = await asyncio.open_unix_connection(endpoint.path)
         wrong = b"x" * len(endpoint.token)
-        writer.write(len(wrong).to_bytes(4, "big") + wrong + _frame((0, "echo", ([1],))))
+        writer.write(_length_prefixed(wrong) + _frame((0, "echo", ([1],))))
         assert await asyncio.wait_for(reader.read(), timeout=5) == b""  # closed, nothing answered
         writer.close()
 
@@ -170,7 +178,7 @@ def test_the_vault_answers_its_direct_methods_only_to_its_token(live_stack: Loca
             await client.call("rotate_key")
         reader, writer = await asyncio.open_unix_connection(endpoint.path)
         wrong = bytes(len(endpoint.token))
-        writer.write(len(wrong).to_bytes(4, "big") + wrong + _frame((0, "get_many", ([("a", "b")],))))
+        writer.write(_length_prefixed(wrong) + _frame((0, "get_many", ([("a", "b")],))))
         assert await asyncio.wait_for(reader.read(), timeout=5) == b""
         writer.close()
 
