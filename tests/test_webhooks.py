@@ -263,3 +263,36 @@ def test_killing_a_dispatcher_mid_batch_loses_nothing(api: httpx.Client, base_ur
     grouped = _all_delivered(receiver, "/killed", payments, timeout=120)
     missing = [p for p in payments if {e["type"] for e in grouped.get(p, [])} < set(PAYMENT_EVENTS)]
     assert not missing
+
+
+def _dispatcher_counters() -> dict[str, int]:
+    stats = ray.get(ray.get_actor(dispatcher_name(0), namespace="paygate").stats.remote())
+    return {key: int(value) for key, value in stats.items()}
+
+
+def test_new_events_leave_from_the_batch_that_recorded_them(api: httpx.Client, base_url: str,
+                                                            merchant: Merchant, receiver: Receiver) -> None:
+    _endpoint(api, receiver, "/batch")
+    before = _dispatcher_counters()
+    payments = _pay(base_url, merchant, 100)
+    grouped = _all_delivered(receiver, "/batch", payments)
+    assert all([e["type"] for e in grouped[p]] == PAYMENT_EVENTS for p in payments)
+    after = _dispatcher_counters()
+    from_batch, claimed = (after[k] - before[k] for k in ("sent_from_batch", "claimed"))
+    print(f"\n400 deliveries: {from_batch} sent from the consumed batch, {claimed} claimed")
+    assert from_batch >= 300, (from_batch, claimed)
+
+
+def test_a_failing_event_holds_back_the_rest_of_its_payment(api: httpx.Client, base_url: str,
+                                                            merchant: Merchant, receiver: Receiver) -> None:
+    receiver.behaviours["/held"] = lambda n: 500 if n <= 2 else 200
+    _endpoint(api, receiver, "/held")
+    before = _dispatcher_counters()
+    [payment] = _pay(base_url, merchant, 1)
+    events = receiver.wait_for("/held", lambda e: len(e) >= len(PAYMENT_EVENTS), 60)
+    assert [e["type"] for e in events] == PAYMENT_EVENTS
+    assert {e["data"]["object"].get("payment_intent") or e["data"]["object"]["id"] for e in events} == {payment}
+    # Two failures of the first event, then each event once: nothing was sent ahead of it.
+    assert receiver.attempts["/held"] == 2 + len(PAYMENT_EVENTS)
+    after = _dispatcher_counters()
+    assert after["released"] > before["released"]  # the rest of its batch went back to the claim

@@ -1,7 +1,7 @@
 """WebhookDispatcher: a member of the Kafka consumer group that turns events into deliveries, and
 a delivery worker that POSTs them to merchants' endpoints.
 
-Consuming only records work: for each event and each matching endpoint one `webhook_deliveries`
+Consuming records work: for each event and each matching endpoint one `webhook_deliveries`
 row (unique per event and endpoint, so a re-published event adds nothing), then the event leaves
 `outbox_pending` (dispatched), then the offset is committed — a dispatcher killed mid-batch
 leaves the offset uncommitted and the batch is consumed again. Sending happens apart from
@@ -9,6 +9,15 @@ consuming, with many deliveries in flight, so a slow or failing endpoint never h
 merchants: a failure is scheduled for a later attempt (exponential backoff with jitter) and the
 worker moves on. One payment's events reach an endpoint in order: a delivery waits while an
 earlier one for the same endpoint and payment is still pending.
+
+Two ways out. Most deliveries leave straight from the batch that recorded them: they are inserted
+already leased to this dispatcher and queued in memory per (endpoint, payment) — a `_Chain`, sent
+one after another — unless the ledger holds an earlier pending delivery of that payment to that
+endpoint that is not in this dispatcher's chain (a failure waiting for its retry, another
+dispatcher's lease): then the rows are released to the claim, which leases the heads of each
+(endpoint, payment) queue from the ledger. The claim also takes retries as they fall due, and
+whatever a dead dispatcher had leased once the lease runs out. A chain whose delivery fails
+releases the rest of its queue in the transaction that schedules the retry.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -40,6 +51,7 @@ RESPONSE_PREFIX_CHARS = 200
 CLAIM_INTERVAL_S = 0.05
 HEAD_WINDOW = 256  # per endpoint; see _claim_due
 PRUNE_INTERVAL_S = 5.0
+LEASE_MARGIN_S = 2.0  # a chain sends a delivery only with its timeout and this much of its lease left
 
 
 @dataclass(frozen=True)
@@ -56,21 +68,41 @@ class RetryPolicy:
 
 
 def _routing(message: Any) -> dict[str, str]:
-    """An event's id and type, from the relay's headers (or the body, for messages without them)."""
+    """An event's id, type and payload, the id and type from the relay's headers (or the body, for
+    messages without them)."""
     headers = {key: value.decode() for key, value in (message.headers or ())}
+    payload = message.value.decode()
     if "event_id" in headers and "type" in headers:
-        return {"id": headers["event_id"], "type": headers["type"]}
-    event = json.loads(message.value)
-    return {"id": event["id"], "type": event["type"]}
+        return {"id": headers["event_id"], "type": headers["type"], "payload": payload}
+    event = json.loads(payload)
+    return {"id": event["id"], "type": event["type"], "payload": payload}
+
+
+# A delivery as it is sent: its webhook_deliveries columns, the endpoint's url and secret, the
+# payload (and, on a chain, `lease_ends`: when the claim may take it, in time.monotonic()).
+Delivery = Mapping[str, Any]
 
 
 @dataclass(frozen=True, eq=False)
 class Attempt:
-    delivery: asyncpg.Record
+    delivery: Delivery
     status: int | None
     error: str | None
     prefix: str | None
     latency_ms: int
+    release: Sequence[int] = ()  # leased deliveries queued behind a failure: back to the claim
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass(eq=False)
+class _Chain:
+    """One (endpoint, payment) queue delivered from memory, in event order."""
+
+    queue: deque[Delivery] = field(default_factory=deque)
+    known: set[int] = field(default_factory=set)  # every delivery id queued here, sent or not
 
 
 class WebhookDispatcher:
@@ -82,9 +114,13 @@ class WebhookDispatcher:
         self.http: WebhookClient | None = None
         self.recorder: Batcher[Attempt, None] | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.counters = {"consumed": 0, "delivered": 0, "failed_attempts": 0}
-        # Set when there may be new work (deliveries recorded, a slot freed, the next event of a
-        # payment unblocked): the delivery loop wakes at once instead of at its next poll.
+        self.counters = {"consumed": 0, "delivered": 0, "failed_attempts": 0, "sent_from_batch": 0, "claimed": 0,
+                         "released": 0}
+        self.chains: dict[tuple[str, str], _Chain] = {}
+        self.in_flight: set[asyncio.Task[None]] = set()  # claimed deliveries and chains
+        # Set when the claim may find new work (deliveries released to it, a claimed delivery
+        # ended, so the next event of its payment may be due): the delivery loop wakes at once
+        # instead of at its next poll.
         self.wakeup = asyncio.Event()
         self._starting = asyncio.Lock()
         autostart(self.start, f"webhook dispatcher {index}")
@@ -115,12 +151,13 @@ class WebhookDispatcher:
             try:
                 await consumer.start()
                 while True:
+                    while len(self.in_flight) >= self.concurrency:  # busy endpoints: consume no faster
+                        await asyncio.sleep(0.01)
                     batches = await consumer.getmany(timeout_ms=200, max_records=500)
                     messages = [m for batch in batches.values() for m in batch]
                     if messages:
                         await self.record_deliveries([_routing(m) for m in messages])
                         await consumer.commit()
-                        self.wakeup.set()
                         self.counters["consumed"] += len(messages)
             except asyncio.CancelledError:
                 raise
@@ -134,15 +171,17 @@ class WebhookDispatcher:
                     log.debug("consumer stop failed", exc_info=True)
 
     async def record_deliveries(self, events: list[dict[str, Any]]) -> None:
-        """One transaction: a delivery per (event, matching endpoint), then the events dispatched."""
+        """One transaction: a delivery per (event, matching endpoint), leased to this dispatcher,
+        then the events dispatched. Then the new deliveries join their chains, or are released to
+        the claim when an earlier delivery of their payment is pending outside this dispatcher."""
         assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
             meta = await conn.fetch(
-                "SELECT id, merchant_id, object_id, seq FROM outbox_events WHERE id = ANY($1::text[])",
+                "SELECT id, merchant_id, object_id, seq FROM outbox_events WHERE id = ANY($1::text[]) ORDER BY seq",
                 [e["id"] for e in events])
             merchants = list({r["merchant_id"] for r in meta})
             endpoints = await conn.fetch(
-                "SELECT id, merchant_id, enabled_events FROM webhook_endpoints "
+                "SELECT id, merchant_id, enabled_events, url, secret FROM webhook_endpoints "
                 "WHERE merchant_id = ANY($1::text[]) AND deleted_at IS NULL AND status = 'enabled'", merchants)
             by_merchant: dict[str, list[asyncpg.Record]] = {}
             for endpoint in endpoints:
@@ -151,16 +190,82 @@ class WebhookDispatcher:
             rows = [(m["id"], ep["id"], m["merchant_id"], m["object_id"], m["seq"])
                     for m in meta for ep in by_merchant.get(m["merchant_id"], [])
                     if "*" in ep["enabled_events"] or types[m["id"]] in ep["enabled_events"]]
+            inserted: list[asyncpg.Record] = []
+            earlier: list[asyncpg.Record] = []
+            lease_ends = time.monotonic() + self.policy.lease_s  # no later than the ledger's lease
             if rows:
-                await conn.execute(
-                    "INSERT INTO webhook_deliveries (event_id, endpoint_id, merchant_id, ordering_key, event_seq) "
-                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) "
-                    "ON CONFLICT DO NOTHING", *as_columns(rows, 5))
+                inserted = await conn.fetch(
+                    "INSERT INTO webhook_deliveries (event_id, endpoint_id, merchant_id, ordering_key, event_seq, "
+                    "next_attempt_at) SELECT x.*, now() + make_interval(secs => $6) "
+                    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x "
+                    "ON CONFLICT DO NOTHING RETURNING id, event_id, endpoint_id, ordering_key, event_seq, attempts, "
+                    "first_failed_at", *as_columns(rows, 5), self.policy.lease_s)
+                # A statement of its own, after the insert: it sees what a concurrent dispatcher
+                # committed while this insert waited on the same (event, endpoint).
+                earlier = await conn.fetch(
+                    "SELECT id, endpoint_id, ordering_key FROM webhook_deliveries "
+                    "WHERE ordering_key = ANY($1::text[]) AND status = 'pending' AND NOT manual "
+                    "AND NOT id = ANY($2::bigint[])",
+                    list({r["ordering_key"] for r in inserted}), [r["id"] for r in inserted])
             await conn.execute("DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])", [m["seq"] for m in meta])
+        payloads = {e["id"]: e["payload"] for e in events}
+        by_endpoint = {endpoint["id"]: endpoint for endpoint in endpoints}
+        released = self._queue([{**row, "url": by_endpoint[row["endpoint_id"]]["url"],
+                                 "secret": by_endpoint[row["endpoint_id"]]["secret"],
+                                 "payload": payloads[row["event_id"]], "lease_ends": lease_ends}
+                                for row in sorted(inserted, key=lambda r: r["event_seq"])], earlier)
+        if released:
+            await self.pool.execute("UPDATE webhook_deliveries SET next_attempt_at = now() "
+                                    "WHERE id = ANY($1::bigint[]) AND status = 'pending'", released)
+            self.counters["released"] += len(released)
+            self.wakeup.set()
+
+    def _queue(self, deliveries: list[Delivery], earlier: list[asyncpg.Record]) -> list[int]:
+        """Each new delivery (in event order) onto its chain — started if need be — unless an
+        earlier pending delivery of its (endpoint, payment) is not on that chain: those are
+        returned, for the claim."""
+        blockers: dict[tuple[str, str], set[int]] = {}
+        for row in earlier:
+            blockers.setdefault((row["endpoint_id"], row["ordering_key"]), set()).add(row["id"])
+        released: list[int] = []
+        for delivery in deliveries:
+            key = (delivery["endpoint_id"], delivery["ordering_key"])
+            chain = self.chains.get(key)
+            if not blockers.get(key, set()) <= (chain.known if chain else set()):
+                released.append(delivery["id"])
+                continue
+            if chain is None:
+                chain = self.chains[key] = _Chain()
+                self._track(asyncio.get_running_loop().create_task(self._run_chain(key, chain)), wake=False)
+            chain.queue.append(delivery)
+            chain.known.add(delivery["id"])
+        return released
+
+    async def _run_chain(self, key: tuple[str, str], chain: _Chain) -> None:
+        """Send a chain's deliveries one after another, each recorded before the next leaves; on a
+        failure the chain ends and its queue goes back to the claim, behind the retry."""
+        assert self.recorder is not None
+        try:
+            while chain.queue:
+                delivery = chain.queue.popleft()
+                if time.monotonic() > delivery["lease_ends"] - self.policy.timeout_s - LEASE_MARGIN_S:
+                    # Too little lease left to send and record it before the claim may take it too:
+                    # the claim will, once the lease has run out (so will the rest of this queue).
+                    del self.chains[key]
+                    break
+                attempt = await self._attempt(delivery)
+                if not attempt.ok:
+                    del self.chains[key]  # from here new deliveries of this payment go to the claim
+                    attempt = replace(attempt, release=[d["id"] for d in chain.queue])
+                    chain.queue.clear()
+                await self.recorder.call(attempt)
+                self.counters["sent_from_batch"] += 1
+        finally:
+            if self.chains.get(key) is chain:
+                del self.chains[key]
 
     # ---- delivering: deliveries -> HTTP -------------------------------------------------------
     async def _deliver_forever(self) -> None:
-        in_flight: set[asyncio.Task[None]] = set()
         last_claim = last_prune = 0.0
         while True:
             try:
@@ -173,12 +278,11 @@ class WebhookDispatcher:
                 # 5,120 deliveries a second).
                 await asyncio.sleep(max(0.0, last_claim + CLAIM_INTERVAL_S - time.monotonic()))
                 last_claim = time.monotonic()
-                free = self.concurrency - len(in_flight)
+                free = self.concurrency - len(self.in_flight)
                 due = await self._claim_due(free) if free > 0 else []
+                self.counters["claimed"] += len(due)
                 for delivery in due:
-                    task = asyncio.get_running_loop().create_task(self._deliver(delivery))
-                    in_flight.add(task)
-                    task.add_done_callback(self._finished(in_flight))
+                    self._track(asyncio.get_running_loop().create_task(self._deliver(delivery)), wake=True)
                 if not due:
                     # Retries fall due with time alone, so poll too, but rarely.
                     with contextlib.suppress(TimeoutError):
@@ -190,12 +294,20 @@ class WebhookDispatcher:
                 log.warning("webhook delivery loop: %s", error)
                 await asyncio.sleep(1.0)
 
-    def _finished(self, in_flight: set[asyncio.Task[None]]) -> Any:
-        def done(task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            self.wakeup.set()
+    def _track(self, task: asyncio.Task[None], wake: bool) -> None:
+        """Count `task` in flight until it ends. A claimed delivery's end wakes the claim (the
+        next of its payment's events may be due); a chain's end does not (it sent its queue, or its
+        failure released the rest, which wakes the claim itself)."""
+        self.in_flight.add(task)
 
-        return done
+        def done(task: asyncio.Task[None]) -> None:
+            self.in_flight.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("webhook delivery: %s", task.exception())
+            if wake:
+                self.wakeup.set()
+
+        task.add_done_callback(done)
 
     async def _claim_due(self, limit: int) -> list[asyncpg.Record]:
         """Lease due deliveries that head their (endpoint, payment) queue: one payment's events go
@@ -231,7 +343,11 @@ class WebhookDispatcher:
             "(SELECT payload::text FROM outbox_events o WHERE o.id = d.event_id) AS payload",
             limit, self.policy.lease_s, HEAD_WINDOW)
 
-    async def _deliver(self, delivery: asyncpg.Record) -> None:
+    async def _deliver(self, delivery: Delivery) -> None:
+        assert self.recorder is not None
+        await self.recorder.call(await self._attempt(delivery))
+
+    async def _attempt(self, delivery: Delivery) -> Attempt:
         assert self.http is not None
         body = delivery["payload"].encode()
         headers = {"Content-Type": "application/json; charset=utf-8",
@@ -245,22 +361,20 @@ class WebhookDispatcher:
             error = f"timed out after {self.policy.timeout_s:.0f}s"
         except (DeliveryError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        assert self.recorder is not None
-        await self.recorder.call(Attempt(delivery, status, error, prefix, latency_ms))
+        return Attempt(delivery, status, error, prefix, int((time.perf_counter() - started) * 1000))
 
     async def _record_attempts(self, attempts: list[Attempt]) -> list[None]:
         """Every attempt recorded; successes closed and failures rescheduled: one transaction for
         what the delivery tasks finished in the last few milliseconds."""
         assert self.pool is not None
-        ok = [a for a in attempts if a.status is not None and 200 <= a.status < 300]
-        failed = [a for a in attempts if a not in ok]
+        ok = [a for a in attempts if a.ok]
+        failed = [a for a in attempts if not a.ok]
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error, response_prefix) "
                 "SELECT * FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[])",
                 *as_columns([(a.delivery["id"], a.status, a.latency_ms,
-                            a.error or (None if a in ok else f"HTTP {a.status}"), a.prefix) for a in attempts], 5))
+                            a.error or (None if a.ok else f"HTTP {a.status}"), a.prefix) for a in attempts], 5))
             if ok:
                 await conn.execute(
                     "UPDATE webhook_deliveries d SET status = 'succeeded', attempts = d.attempts + 1, "
@@ -275,11 +389,18 @@ class WebhookDispatcher:
             for attempt in failed:
                 await self._schedule_retry(conn, attempt.delivery, attempt.status,
                                            attempt.error or f"HTTP {attempt.status}")
+            released = [i for a in failed for i in a.release]
+            if released:  # behind the retry just scheduled: not queue heads, so not claimed before it
+                await conn.execute("UPDATE webhook_deliveries SET next_attempt_at = now() "
+                                   "WHERE id = ANY($1::bigint[]) AND status = 'pending'", released)
+        if released:
+            self.counters["released"] += len(released)
+            self.wakeup.set()
         self.counters["delivered"] += len(ok)
         self.counters["failed_attempts"] += len(failed)
         return [None] * len(attempts)
 
-    async def _schedule_retry(self, conn: asyncpg.Connection, delivery: asyncpg.Record, status: int | None,
+    async def _schedule_retry(self, conn: asyncpg.Connection, delivery: Delivery, status: int | None,
                               error: str | None) -> None:
         attempts = delivery["attempts"] + 1
         first_failed = delivery["first_failed_at"]
