@@ -177,6 +177,15 @@ def safe_fields(doc: dict[str, str]) -> dict[str, str]:
 
 def encode_frame(doc: dict[str, str]) -> bytes:
     """Length-prefixed ISO 8583 bytes for `doc` (a dict of field number -> string, plus "t")."""
+    body = _encode_fields(doc)
+    if body is None:
+        body = _encode_generic(doc)
+    if len(body) > MAX_FRAME:
+        raise FrameError(f"ISO 8583 message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame")
+    return len(body).to_bytes(2, "big") + body
+
+
+def _encode_generic(doc: dict[str, str]) -> bytes:
     problem = None
     try:
         # encode() adds bitmaps to the dict it is given: hand it a copy.
@@ -186,9 +195,7 @@ def encode_frame(doc: dict[str, str]) -> bytes:
     if problem is not None:
         # Raised outside the except block: pyiso8583's errors hold the document (with the PAN).
         raise FrameError(f"cannot encode ISO 8583 message: {problem}")
-    if len(body) > MAX_FRAME:
-        raise FrameError(f"ISO 8583 message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame")
-    return len(body).to_bytes(2, "big") + bytes(body)
+    return bytes(body)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, str]:
@@ -197,15 +204,99 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, str]:
     A `FrameError` leaves the stream at the next frame, so the caller may keep reading.
     """
     header = await reader.readexactly(2)
-    body = await reader.readexactly(int.from_bytes(header, "big"))
+    return decode_body(await reader.readexactly(int.from_bytes(header, "big")))
+
+
+def decode_body(body: bytes) -> dict[str, str]:
+    """The fields of one ISO 8583 message (without its length prefix); garbage raises `FrameError`."""
+    doc = _decode_fields(body)
+    if doc is not None:
+        return doc
     problem = None
     try:
-        doc, _ = iso8583.decode(body, SPEC)
+        decoded, _ = iso8583.decode(body, SPEC)
     except (iso8583.DecodeError, ValueError) as exc:
         problem = _describe(exc)
     if problem is not None:
         raise FrameError(f"cannot decode ISO 8583 message: {problem}")
-    return dict(doc)
+    return dict(decoded)
+
+
+# The fast path. pyiso8583 handles any spec, field by field through its spec dicts; on the hot
+# path that was about 40% of the acquirer link's and of banksim's CPU. These two functions handle
+# only well-formed messages made of the fields above, byte for byte as pyiso8583 does (the tests
+# compare them), and return None for anything else, which then goes to pyiso8583 and its errors.
+_FIELDS: dict[int, tuple[int, int]] = {  # field -> (digits of its length prefix (0: fixed), max length)
+    n: (SPEC[str(n)]["len_type"], SPEC[str(n)]["max_len"])
+    for n in (2, 3, 4, 7, 11, 12, 13, 14, 37, 38, 39, 41, 42, 48, 49, 70, 90)
+}
+_NUMBERS = {str(n): n for n in _FIELDS}
+assert all(SPEC[str(n)]["data_enc"] == SPEC[str(n)]["len_enc"] == "ascii" for n in [*_FIELDS, 1])
+assert SPEC["h"]["max_len"] == 0 and SPEC["t"]["max_len"] == 4 and SPEC["p"]["data_enc"] == "ascii"
+_SECONDARY = 1 << 127  # bit of field 1 (a secondary bitmap follows) in the 128-bit bitmap
+_SECONDARY_FIELDS = (1 << 64) - 1
+_KNOWN_BITS = _SECONDARY | sum(1 << (128 - n) for n in _FIELDS)
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _encode_fields(doc: dict[str, str]) -> bytes | None:
+    mti = doc.get("t")
+    if type(mti) is not str or len(mti) != 4 or not mti.isascii():
+        return None
+    numbered: list[tuple[int, str]] = []
+    for key, value in doc.items():
+        if key in ("t", "p", "1"):  # pyiso8583 too makes the bitmaps from the fields present
+            continue
+        number = _NUMBERS.get(key)
+        if number is None or type(value) is not str or not value.isascii():
+            return None
+        numbered.append((number, value))
+    numbered.sort()
+    bitmap, parts = 0, [mti]
+    for number, value in numbered:
+        digits, max_len = _FIELDS[number]
+        if len(value) != max_len if digits == 0 else len(value) > max_len:
+            return None
+        parts.append(f"{len(value):0{digits}d}{value}" if digits else value)
+        bitmap |= 1 << (128 - number)
+    if bitmap & _SECONDARY_FIELDS:
+        bitmap |= _SECONDARY
+        parts.insert(1, f"{bitmap:032X}")
+    else:
+        parts.insert(1, f"{bitmap >> 64:016X}")
+    return "".join(parts).encode("ascii")
+
+
+def _decode_fields(body: bytes) -> dict[str, str] | None:
+    if not body.isascii() or len(body) < 20:
+        return None
+    text = body.decode("ascii")
+    primary = text[4:20]
+    if not _HEX.issuperset(primary):
+        return None
+    doc = {"t": text[:4], "p": primary}
+    bitmap, pos = int(primary, 16) << 64, 20
+    if bitmap & _SECONDARY:
+        secondary = text[20:36]
+        if len(secondary) != 16 or not _HEX.issuperset(secondary):
+            return None
+        doc["1"], bitmap, pos = secondary, bitmap | int(secondary, 16), 36
+    if bitmap & ~_KNOWN_BITS:
+        return None
+    for number, (digits, max_len) in _FIELDS.items():
+        if not bitmap & (1 << (128 - number)):
+            continue
+        length = max_len
+        if digits:
+            prefix = text[pos:pos + digits]
+            if len(prefix) != digits or not prefix.isdigit() or int(prefix) > max_len:
+                return None
+            length, pos = int(prefix), pos + digits
+        value = text[pos:pos + length]
+        if len(value) != length:
+            return None
+        doc[str(number)], pos = value, pos + length
+    return doc if pos == len(text) else None
 
 
 def _describe(exc: Exception) -> str:
