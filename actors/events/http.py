@@ -81,7 +81,8 @@ class WebhookClient:
         origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = self._request(parts.netloc, target, body, headers)
-        return await asyncio.wait_for(self._exchange(origin, request), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):  # no task per delivery, as wait_for makes on 3.11
+            return await self._exchange(origin, request)
 
     def prune(self) -> int:
         """Close idle connections past their idle timeout or closed by the server; how many."""
