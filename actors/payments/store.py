@@ -163,7 +163,7 @@ def _event_and_outbox_sql(source: str, first: int) -> str:
         f"AS h(type, from_status, to_status, data, position) ORDER BY h.position)"
         f", o AS (INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
         f"SELECT x.id, s.merchant_id, x.type, s.id, x.payload, x.created FROM {source} s, "
-        f"unnest(${n + 4}::text[], ${n + 5}::text[], ${n + 6}::jsonb[], ${n + 7}::bigint[]) "
+        f"unnest(${n + 4}::text[], ${n + 5}::text[], ${n + 6}::json[], ${n + 7}::bigint[]) "
         f"AS x(id, type, payload, created))"
     )
 
@@ -204,7 +204,7 @@ async def append_outbox(conn: asyncpg.Connection, merchant_id: str, payment_id: 
     await conn.execute(
         "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
         "SELECT x.id, $1, x.type, $2, x.payload, x.created "
-        "FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::bigint[]) AS x(id, type, payload, created)",
+        "FROM unnest($3::text[], $4::text[], $5::json[], $6::bigint[]) AS x(id, type, payload, created)",
         merchant_id, payment_id, *_outbox_args(events))
 
 
