@@ -14,8 +14,8 @@ Two ways out. Most deliveries leave straight from the batch that recorded them: 
 already leased to this dispatcher and queued in memory per (endpoint, payment) — a `_Chain`, sent
 one after another — unless the ledger holds an earlier pending delivery of that payment to that
 endpoint that is not in this dispatcher's chain (a failure waiting for its retry, another
-dispatcher's lease): then the rows are released to the claim, which leases the heads of each
-(endpoint, payment) queue from the ledger. The claim also takes retries as they fall due, and
+dispatcher's lease), or every delivery slot is taken: then the rows go to the claim, which
+leases the heads of each (endpoint, payment) queue from the ledger as slots free up. The claim also takes retries as they fall due, and
 whatever a dead dispatcher had leased once the lease runs out. A chain whose delivery fails
 releases the rest of its queue in the transaction that schedules the retry.
 """
@@ -151,8 +151,6 @@ class WebhookDispatcher:
             try:
                 await consumer.start()
                 while True:
-                    while len(self.in_flight) >= self.concurrency:  # busy endpoints: consume no faster
-                        await asyncio.sleep(0.01)
                     batches = await consumer.getmany(timeout_ms=200, max_records=500)
                     messages = [m for batch in batches.values() for m in batch]
                     if messages:
@@ -193,13 +191,17 @@ class WebhookDispatcher:
             inserted: list[asyncpg.Record] = []
             earlier: list[asyncpg.Record] = []
             lease_ends = time.monotonic() + self.policy.lease_s  # no later than the ledger's lease
+            # With every delivery slot taken (slow endpoints), new deliveries wait for the claim,
+            # which hands out slots as they free up; consuming goes on meanwhile.
+            lease_s = self.policy.lease_s if len(self.in_flight) < self.concurrency else 0.0
             if rows:
                 inserted = await conn.fetch(
                     "INSERT INTO webhook_deliveries (event_id, endpoint_id, merchant_id, ordering_key, event_seq, "
                     "next_attempt_at) SELECT x.*, now() + make_interval(secs => $6) "
                     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x "
                     "ON CONFLICT DO NOTHING RETURNING id, event_id, endpoint_id, ordering_key, event_seq, attempts, "
-                    "first_failed_at", *as_columns(rows, 5), self.policy.lease_s)
+                    "first_failed_at", *as_columns(rows, 5), lease_s)
+            if inserted and lease_s:
                 # A statement of its own, after the insert: it sees what a concurrent dispatcher
                 # committed while this insert waited on the same (event, endpoint).
                 earlier = await conn.fetch(
@@ -208,6 +210,9 @@ class WebhookDispatcher:
                     "AND NOT id = ANY($2::bigint[])",
                     list({r["ordering_key"] for r in inserted}), [r["id"] for r in inserted])
             await conn.execute("DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])", [m["seq"] for m in meta])
+        if not lease_s:
+            self.wakeup.set()
+            return
         payloads = {e["id"]: e["payload"] for e in events}
         by_endpoint = {endpoint["id"]: endpoint for endpoint in endpoints}
         released = self._queue([{**row, "url": by_endpoint[row["endpoint_id"]]["url"],
@@ -221,9 +226,9 @@ class WebhookDispatcher:
             self.wakeup.set()
 
     def _queue(self, deliveries: list[Delivery], earlier: list[asyncpg.Record]) -> list[int]:
-        """Each new delivery (in event order) onto its chain — started if need be — unless an
-        earlier pending delivery of its (endpoint, payment) is not on that chain: those are
-        returned, for the claim."""
+        """Each new delivery (in event order) onto its chain — started if need be and a delivery
+        slot is free — unless an earlier pending delivery of its (endpoint, payment) is not on that
+        chain. What does not go on a chain is returned, for the claim."""
         blockers: dict[tuple[str, str], set[int]] = {}
         for row in earlier:
             blockers.setdefault((row["endpoint_id"], row["ordering_key"]), set()).add(row["id"])
@@ -231,7 +236,8 @@ class WebhookDispatcher:
         for delivery in deliveries:
             key = (delivery["endpoint_id"], delivery["ordering_key"])
             chain = self.chains.get(key)
-            if not blockers.get(key, set()) <= (chain.known if chain else set()):
+            blocked = not blockers.get(key, set()) <= (chain.known if chain else set())
+            if blocked or (chain is None and len(self.in_flight) >= self.concurrency):
                 released.append(delivery["id"])
                 continue
             if chain is None:
