@@ -15,8 +15,9 @@ already leased to this dispatcher and queued in memory per (endpoint, payment) â
 one after another â€” unless the ledger holds an earlier pending delivery of that payment to that
 endpoint that is not in this dispatcher's chain (a failure waiting for its retry, another
 dispatcher's lease), or every delivery slot is taken: then the rows go to the claim, which
-leases the heads of each (endpoint, payment) queue from the ledger as slots free up. The claim also takes retries as they fall due, and
-whatever a dead dispatcher had leased once the lease runs out. A chain whose delivery fails
+leases the heads of each (endpoint, payment) queue from the ledger as slots free up. The claim
+also takes retries as they fall due, and whatever a dead dispatcher had leased once the lease runs
+out. A chain whose delivery fails
 releases the rest of its queue in the transaction that schedules the retry.
 """
 
