@@ -17,8 +17,8 @@ endpoint that is not in this dispatcher's chain (a failure waiting for its retry
 dispatcher's lease), or every delivery slot is taken: then the rows go to the claim, which
 leases the heads of each (endpoint, payment) queue from the ledger as slots free up. The claim
 also takes retries as they fall due, and whatever a dead dispatcher had leased once the lease runs
-out. A chain whose delivery fails
-releases the rest of its queue in the transaction that schedules the retry.
+out. A chain whose delivery fails releases the rest of its queue in the transaction that schedules
+the retry.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ RESPONSE_PREFIX_CHARS = 200
 CLAIM_INTERVAL_S = 0.05
 HEAD_WINDOW = 256  # per endpoint; see _claim_due
 PRUNE_INTERVAL_S = 5.0
+# Leased deliveries handed back: due now, for the claim (which still sends only queue heads).
+_RELEASE = ("UPDATE webhook_deliveries SET next_attempt_at = now() "
+            "WHERE id = ANY($1::bigint[]) AND status = 'pending'")
 LEASE_MARGIN_S = 2.0  # a chain sends a delivery only with its timeout and this much of its lease left
 
 
@@ -221,10 +224,8 @@ class WebhookDispatcher:
                                  "payload": payloads[row["event_id"]], "lease_ends": lease_ends}
                                 for row in sorted(inserted, key=lambda r: r["event_seq"])], earlier)
         if released:
-            await self.pool.execute("UPDATE webhook_deliveries SET next_attempt_at = now() "
-                                    "WHERE id = ANY($1::bigint[]) AND status = 'pending'", released)
-            self.counters["released"] += len(released)
-            self.wakeup.set()
+            await self.pool.execute(_RELEASE, released)
+            self._handed_to_claim(released)
 
     def _queue(self, deliveries: list[Delivery], earlier: list[asyncpg.Record]) -> list[int]:
         """Each new delivery (in event order) onto its chain — started if need be and a delivery
@@ -247,6 +248,10 @@ class WebhookDispatcher:
             chain.queue.append(delivery)
             chain.known.add(delivery["id"])
         return released
+
+    def _handed_to_claim(self, released: list[int]) -> None:
+        self.counters["released"] += len(released)
+        self.wakeup.set()
 
     async def _run_chain(self, key: tuple[str, str], chain: _Chain) -> None:
         """Send a chain's deliveries one after another, each recorded before the next leaves; on a
@@ -398,11 +403,9 @@ class WebhookDispatcher:
                                            attempt.error or f"HTTP {attempt.status}")
             released = [i for a in failed for i in a.release]
             if released:  # behind the retry just scheduled: not queue heads, so not claimed before it
-                await conn.execute("UPDATE webhook_deliveries SET next_attempt_at = now() "
-                                   "WHERE id = ANY($1::bigint[]) AND status = 'pending'", released)
+                await conn.execute(_RELEASE, released)
         if released:
-            self.counters["released"] += len(released)
-            self.wakeup.set()
+            self._handed_to_claim(released)
         self.counters["delivered"] += len(ok)
         self.counters["failed_attempts"] += len(failed)
         return [None] * len(attempts)
