@@ -10,16 +10,16 @@ from typing import Any
 
 import httpx
 
-from cluster.logs import luhn_complete
 from cluster.stack import StackInfo
 from tests.bank import ledger
+from tests.cards import random_visa
 
 _rng = random.Random()
 
 
 def visa_number() -> str:
     """A random Luhn-valid Visa number (banksim approves any valid card that is not a test number)."""
-    return luhn_complete("4" + "".join(_rng.choice("0123456789") for _ in range(14)))
+    return random_visa(_rng)
 
 
 def new_card(api: httpx.Client, number: str | None = None) -> dict[str, Any]:

@@ -24,19 +24,14 @@ import pytest
 import ray
 
 from actors.registry import CARD_VAULT
-from cluster.logs import luhn_complete
 from cluster.stack import LocalStack, StackInfo
+from tests.cards import random_visa
 from tests.conftest import Merchant
 
 YEAR = datetime.now(UTC).year + 2
 BURST = 300          # concurrent tokenizations in the rotation test
 ROTATE_AFTER = 60    # ... the rotation is triggered once this many have completed
 CONNECTIONS = 48
-
-
-def random_visa(rng: random.Random) -> str:
-    """A Luhn-valid Visa number that banksim approves (not one of its special cards)."""
-    return luhn_complete("4" + "".join(rng.choice("0123456789") for _ in range(14)))
 
 
 # ---- HTTP helpers ------------------------------------------------------------------------------
