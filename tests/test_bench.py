@@ -31,9 +31,10 @@ def _target(info: StackInfo) -> Target:
 
 
 def _bench(info: StackInfo, results: Path, scenario: str, count: int, rate: float = 50,
-           profile: bool = False) -> BenchResult:
+           profile: bool = False, warmup_s: float = 0.0) -> BenchResult:
     options = BenchOptions(scenario=scenario, rate=rate, count=count, merchants=2, results_dir=results,
-                           progress=False, print_tables=False, drain_timeout_s=90, profile=profile)
+                           progress=False, print_tables=False, drain_timeout_s=90, profile=profile,
+                           warmup_s=warmup_s)
     return run_bench(options, _target(info))
 
 
@@ -75,6 +76,24 @@ def test_other_scenarios_pass_their_audit(stack_info: StackInfo, tmp_path: Path,
     expected = {"auth-capture": {"succeeded", "canceled"}, "decline-mix": {"succeeded", "requires_payment_method"},
                 "idempotent-retry": {"succeeded"}}[scenario]
     assert statuses <= expected and statuses & expected
+
+
+def test_a_warm_up_is_audited_but_left_out_of_the_figures(stack_info: StackInfo, tmp_path: Path) -> None:
+    # idempotent-retry: a warm-up reusing the measured load's idempotency keys would turn measured
+    # payments into replays of warm-up ones, which the audit would catch.
+    result = _bench(stack_info, tmp_path / "warm", "idempotent-retry", count=40, rate=40, warmup_s=0.5)
+    assert result.ok, _failures(result)
+    report = result.report
+    warmup = report["warmup"]
+    assert (warmup["payments_started"], warmup["payments_ok"], warmup["payments_failed"]) == (20, 20, 0)
+    assert warmup["requests"] >= 40 and 0 < warmup["latency_ms"]["p50"] <= warmup["latency_ms"]["max"]
+    assert report["throughput"]["payments_ok"] == 40, report["errors"]
+    assert sum(row["payments"] for row in report["timeline"]) == 40
+    assert report["latency"]["POST /v1/payment_intents"]["count"] == 40
+    assert 80 <= report["throughput"]["requests"] <= 160  # and 1-3 copies of each
+    assert len(result.book.payments) == 60
+    checks = {c["name"]: c for c in report["audit"]["checks"]}
+    assert checks["client_vs_ledger"]["checked"] == 60 and checks["idempotency"]["checked"] == 60
 
 
 def test_a_profiled_run_says_where_each_part_spends_its_cpu(stack_info: StackInfo, tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="payments started per second, open loop (default 100)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals (default 10)")
     p.add_argument("--count", type=int, help="payments in total instead of --duration")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="seconds of load at --rate before the measured load, left out of the figures "
+                        "(still audited); default 0")
     p.add_argument("--concurrency", type=int, default=1024,
                    help="connections (requests in flight) at most (1024)")
     p.add_argument("--merchants", type=int, default=4, help="bench merchants the payments spread over (4)")
@@ -94,12 +97,14 @@ def options_from(args: argparse.Namespace, argv: list[str] | None = None) -> Ben
 
     if args.rate <= 0 or args.concurrency < 1 or args.merchants < 1 or (args.count is not None and args.count < 1):
         _usage_error("--rate, --concurrency, --merchants and --count must be positive")
+    if args.warmup < 0:
+        _usage_error("--warmup must not be negative")
     open_files = raise_open_file_limit(open_files_for(args.concurrency))
     if open_files < args.concurrency + 64:
         _usage_error(f"--concurrency {args.concurrency} needs more open files than this process may have "
                      f"({open_files}): lower it, or raise the hard limit (ulimit -Hn)")
     return BenchOptions(
-        scenario=args.scenario, rate=args.rate, duration_s=args.duration, count=args.count,
+        scenario=args.scenario, rate=args.rate, duration_s=args.duration, count=args.count, warmup_s=args.warmup,
         concurrency=args.concurrency, merchants=args.merchants, bank_latency_ms=args.bank_latency_ms,
         results_dir=args.results, audit=not args.no_audit, baseline=args.baseline, webhooks=not args.no_webhooks,
         drain_timeout_s=args.drain_timeout, request_timeout_s=args.timeout, seed=args.seed,

@@ -109,6 +109,13 @@ def _summary_table(r: dict[str, Any]) -> Table:
         ("client CPU", f"load {res['client_cpu_s']} s ({res['client_cpu_pct_of_core']}% of a core), "
                        f"webhook receiver {res['receiver_cpu_s']} s"),
     ]
+    warmup = r.get("warmup")
+    if warmup:
+        lat = warmup["latency_ms"]
+        rows.insert(0, ("warm-up (not above)", f"{warmup['seconds']:g} s first: {warmup['payments_ok']} payments ok, "
+                                               f"{warmup['payments_failed']} failed, {warmup['dropped_arrivals']} "
+                                               f"dropped; all requests p50 {_ms(lat.get('p50'))}, p99 "
+                                               f"{_ms(lat.get('p99'))}, max {_ms(lat.get('max'))} ms; audited"))
     for name, value in rows:
         t.add_row(name, value)
     return t

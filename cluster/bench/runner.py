@@ -12,6 +12,7 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from cluster.bench.audit import AuditResult, Scope, audit, resolve_merchants
 from cluster.bench.book import Book
 from cluster.bench.client import Endpoint, Pool
 from cluster.bench.launch import LaunchedStack, Target
-from cluster.bench.loadgen import Driver, LoadResult, Plan, drive
+from cluster.bench.loadgen import Driver, Flow, LoadResult, Plan, drive
 from cluster.bench.monitor import StackMonitor, Usage, cpu_seconds
 from cluster.bench.profile import Profiler, profiled
 from cluster.bench.progress import ProgressLine
@@ -41,6 +42,7 @@ class BenchOptions:
     rate: float = 100.0  # payments started per second (open loop)
     duration_s: float | None = 10.0
     count: int | None = None  # payments in total; wins over duration_s
+    warmup_s: float = 0.0  # load at `rate` for this long first, left out of the figures (audited)
     concurrency: int = 1024  # connections (requests in flight) at most; see README, Load model
     merchants: int = 4
     bank_latency_ms: int = 0  # only for a stack the bench starts itself
@@ -65,6 +67,10 @@ class BenchOptions:
         if self.count is not None:
             return self.count
         return max(1, math.ceil(self.rate * (self.duration_s or 10.0)))
+
+    @property
+    def warmup_total(self) -> int:
+        return math.ceil(self.rate * self.warmup_s) if self.warmup_s > 0 else 0
 
 
 @dataclass
@@ -127,27 +133,26 @@ def _run(options: BenchOptions, target: Target) -> BenchResult:
         since, loadavg = int(time.time()) - 1, os.getloadavg()
         monitor = StackMonitor(target.stack_pid, {receiver.pid} if receiver and receiver.pid else set())
         monitor.idle_probe(options.idle_probe_s)
-        monitor.start()
-        profiler = _profiler(options, target, monitor, results_dir)
-        statements_error = statements.reset(target.ledger_dsn) if profiler and target.ledger_dsn else None
-        receiver_cpu0 = cpu_seconds(receiver.pid if receiver else None)
+        window = _Window(options, target, monitor, receiver, results_dir)
         # uvloop: the load generator shares the machine with the stack under test (so does the
         # baseline's, measured the same way).
-        load, recorder, book = uvloop.run(_load(options, merchants, target, run_id))
+        load, recorder, book, warmup = uvloop.run(_load(options, merchants, target, run_id, window.start))
         monitor.mark_load_end()
-        profile = profiler.stop() if profiler else None
+        profile = window.profiler.stop() if window.profiler else None
         if profile is not None:
-            profile["ledger_statements"] = _ledger_statements(target, recorder.payments_ok, statements_error)
-        receiver_cpu = cpu_seconds(receiver.pid) - receiver_cpu0 if receiver else None
+            profile["ledger_statements"] = _ledger_statements(target, recorder.payments_ok, window.statements_error)
+        receiver_cpu = cpu_seconds(receiver.pid) - window.receiver_cpu0 if receiver else None
         scope, audit_result = _audit(options, target, merchants, book, receiver, since, load.wall_s)
         usage = monitor.stop() if target.stack_pid else None
         if receiver and audit_result:
-            audit_result.facts["receiver_cpu_s_with_drain"] = round(cpu_seconds(receiver.pid) - receiver_cpu0, 2)
+            audit_result.facts["receiver_cpu_s_with_drain"] = round(cpu_seconds(receiver.pid) - window.receiver_cpu0,
+                                                                    2)
     finally:
         if receiver:
             receiver.stop()
             provision.remove_webhook_endpoints(target.base_url, merchants)
     report = _report(options, target, load, recorder, usage, receiver_cpu, audit_result)
+    report["warmup"] = warmup
     report["meta"]["loadavg_before"] = loadavg  # other tenants of the machine show here
     if options.profile:
         report["profile"] = profile or {"dir": None, "parts": {}, "errors": {"stack": "remote: not profiled"}}
@@ -165,29 +170,67 @@ def _ledger_statements(target: Target, payments: int, reset_error: str | None) -
     return statements.collect(target.ledger_dsn, payments)
 
 
-def _profiler(options: BenchOptions, target: Target, monitor: StackMonitor, results_dir: Path) -> Profiler | None:
-    if not options.profile or target.stack_pid is None:
-        return None
-    return Profiler(profiled(monitor.components()), results_dir / "profiles").start()
+@dataclass
+class _Window:
+    """What is measured over the load itself, after any warm-up: the stack's CPU (the monitor's
+    window), the py-spy profile, the ledger's statement counters, the receiver's CPU."""
+
+    options: BenchOptions
+    target: Target
+    monitor: StackMonitor
+    receiver: ReceiverProcess | None
+    results_dir: Path
+    profiler: Profiler | None = None
+    statements_error: str | None = None
+    receiver_cpu0: float = 0.0
+
+    def start(self) -> None:
+        self.monitor.start()
+        if self.options.profile and self.target.stack_pid is not None:
+            self.profiler = Profiler(profiled(self.monitor.components()), self.results_dir / "profiles").start()
+            if self.target.ledger_dsn:
+                self.statements_error = statements.reset(self.target.ledger_dsn)
+        self.receiver_cpu0 = cpu_seconds(self.receiver.pid if self.receiver else None)
 
 
-async def _load(options: BenchOptions, merchants: list[provision.Merchant], target: Target,
-                run_id: str) -> tuple[LoadResult, Recorder, Book]:
+async def _load(options: BenchOptions, merchants: list[provision.Merchant], target: Target, run_id: str,
+                start_measuring: Callable[[], None]) -> tuple[LoadResult, Recorder, Book, dict[str, Any] | None]:
     pool = Pool(Endpoint.parse(target.base_url), options.concurrency, options.request_timeout_s)
     recorder, book = Recorder(0.0), Book()
-    driver = Driver(pool, recorder, book, options.seed, run_id)
     backlog = options.backlog or max(1000, int(options.rate * 10))
-    plan = Plan(options.rate, options.total, backlog)
+    flow = SCENARIOS[options.scenario]
     line = ProgressLine(recorder, options.total) if options.progress else None
     try:
+        warmup = await _warm_up(options, flow, merchants, pool, book, run_id, backlog) if options.warmup_total else None
+        # In a thread: starting the window runs blocking calls (and an event loop of its own).
+        await asyncio.get_running_loop().run_in_executor(None, start_measuring)
         if line:
             line.start()
-        result = await drive(plan, SCENARIOS[options.scenario], merchants, driver, line.tick if line else None)
+        driver = Driver(pool, recorder, book, options.seed, run_id)
+        result = await drive(Plan(options.rate, options.total, backlog), flow, merchants, driver,
+                             line.tick if line else None)
     finally:
         if line:
             line.stop()
         pool.close()
-    return result, recorder, book
+    return result, recorder, book, warmup
+
+
+async def _warm_up(options: BenchOptions, flow: Flow, merchants: list[provision.Merchant], pool: Pool, book: Book,
+                   run_id: str, backlog: int) -> dict[str, Any]:
+    """The same load for `warmup_s` first, on the same connections, into the same books (so it is
+    audited), with its own recorder and idempotency keys; the measured load starts once it has
+    finished. Returns what it measured, for the report."""
+    total = options.warmup_total
+    if options.progress:
+        print(f"paygate bench: warming up: {total} payments at {options.rate:g}/s, not measured…", flush=True)
+    recorder = Recorder(0.0)
+    load = await drive(Plan(options.rate, total, backlog), flow, merchants,
+                       Driver(pool, recorder, book, options.seed + 1, f"{run_id}-warmup"))
+    return {"seconds": options.warmup_s, "payments_started": load.started, "payments_ok": recorder.payments_ok,
+            "payments_failed": recorder.payments_failed, "dropped_arrivals": recorder.dropped,
+            "requests": recorder.requests, "wall_s": round(load.wall_s, 2),
+            "latency_ms": recorder.overall.summary(load.wall_s)["latency_ms"], "errors": dict(recorder.errors)}
 
 
 def _audit(options: BenchOptions, target: Target, merchants: list[provision.Merchant], book: Book,
