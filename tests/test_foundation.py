@@ -173,3 +173,25 @@ def test_nul_characters_are_a_400_naming_the_parameter(api: httpx.Client, method
     response = api.get(path, params=params) if method == "GET" else api.post(path, data=params)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_analyze_skips_the_json_blobs_nothing_filters_on(stack_info: StackInfo, api: httpx.Client) -> None:
+    paid = api.post("/v1/payment_intents", data={"amount": 1500, "currency": "usd", "payment_method": "pm_card_visa",
+                                                 "confirm": "true", "metadata[order]": "42"})
+    assert paid.status_code == 200, paid.text
+
+    async def run() -> set[tuple[str, str]]:
+        conn = await asyncpg.connect(stack_info.ledger_dsn)
+        try:
+            await conn.execute("ANALYZE payment_orders, payment_events, refunds")
+            rows = await conn.fetch("SELECT tablename, attname FROM pg_stats WHERE schemaname = 'public' "
+                                    "AND tablename IN ('payment_orders', 'payment_events', 'refunds')")
+        finally:
+            await conn.close()
+        return {(r["tablename"], r["attname"]) for r in rows}
+
+    columns = asyncio.run(run())
+    assert {("payment_orders", "status"), ("payment_orders", "merchant_id"), ("payment_events", "type")} <= columns
+    blobs = {("payment_orders", "charge"), ("payment_orders", "metadata"), ("payment_orders", "last_payment_error"),
+             ("payment_events", "data"), ("refunds", "metadata")}
+    assert not columns & blobs
