@@ -195,3 +195,22 @@ def test_analyze_skips_the_json_blobs_nothing_filters_on(stack_info: StackInfo, 
     blobs = {("payment_orders", "charge"), ("payment_orders", "metadata"), ("payment_orders", "last_payment_error"),
              ("payment_events", "data"), ("refunds", "metadata")}
     assert not columns & blobs
+
+
+def test_history_tables_are_analysed_from_a_small_sample(stack_info: StackInfo) -> None:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(stack_info.ledger_dsn)
+        try:
+            return await conn.fetch(
+                "SELECT c.relname, a.attname, a.attstattarget "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace "
+                "AND a.attnum > 0 AND NOT a.attisdropped",
+                ["outbox_events", "payment_events", "webhook_attempts", "ledger_entries", "risk_attempts"])
+        finally:
+            await conn.close()
+
+    targets = {(r["relname"], r["attname"]): r["attstattarget"] for r in asyncio.run(run())}
+    assert len({table for table, _ in targets}) == 5
+    assert targets.pop(("payment_events", "data")) == 0  # no statistics at all (0015)
+    assert set(targets.values()) == {10}, {k: v for k, v in targets.items() if v != 10}
