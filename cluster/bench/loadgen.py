@@ -60,7 +60,7 @@ class LoadResult:
     wall_s: float  # first arrival to last completion
     schedule_s: float  # first to last arrival (what the rate was held over)
     client_cpu_s: float
-    connections_opened: int
+    connections_opened: int  # by this load (a warm-up before it shares the pool)
 
 
 async def _flow(driver: Driver, flow: Flow, merchant: Merchant, index: int, due: float) -> None:
@@ -76,7 +76,7 @@ async def drive(plan: Plan, flow: Flow, merchants: list[Merchant], driver: Drive
                 on_tick: Callable[[float, int], None] | None = None) -> LoadResult:
     loop, recorder = driver.loop, driver.recorder
     tasks: set[asyncio.Task[None]] = set()
-    cpu0, t0 = time.process_time(), loop.time()
+    cpu0, t0, opened0 = time.process_time(), loop.time(), driver.pool.opened
     recorder.t0 = t0
     ticker = loop.create_task(_tick(on_tick, loop, tasks)) if on_tick else None
     started = 0
@@ -98,7 +98,8 @@ async def drive(plan: Plan, flow: Flow, merchants: list[Merchant], driver: Drive
         await asyncio.wait(set(tasks))
     if ticker:
         ticker.cancel()
-    return LoadResult(started, loop.time() - t0, schedule_s, time.process_time() - cpu0, driver.pool.opened)
+    return LoadResult(started, loop.time() - t0, schedule_s, time.process_time() - cpu0,
+                      driver.pool.opened - opened0)
 
 
 async def _tick(on_tick: Callable[[float, int], None], loop: asyncio.AbstractEventLoop,

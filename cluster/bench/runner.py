@@ -227,9 +227,7 @@ async def _warm_up(options: BenchOptions, flow: Flow, merchants: list[provision.
     recorder = Recorder(0.0)
     load = await drive(Plan(options.rate, total, backlog), flow, merchants,
                        Driver(pool, recorder, book, options.seed + 1, f"{run_id}-warmup"))
-    return {"seconds": options.warmup_s, "payments_started": load.started, "payments_ok": recorder.payments_ok,
-            "payments_failed": recorder.payments_failed, "dropped_arrivals": recorder.dropped,
-            "requests": recorder.requests, "wall_s": round(load.wall_s, 2),
+    return {"seconds": options.warmup_s, **throughput(load, recorder, options.rate),
             "latency_ms": recorder.overall.summary(load.wall_s)["latency_ms"], "errors": dict(recorder.errors)}
 
 
