@@ -263,7 +263,6 @@ class WebhookDispatcher:
                 if time.monotonic() > delivery["lease_ends"] - self.policy.timeout_s - LEASE_MARGIN_S:
                     # Too little lease left to send and record it before the claim may take it too:
                     # the claim will, once the lease has run out (so will the rest of this queue).
-                    del self.chains[key]
                     break
                 attempt = await self._attempt(delivery)
                 if not attempt.ok:
