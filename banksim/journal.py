@@ -174,6 +174,18 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """All or nothing: its own transaction, or a savepoint inside an open group (then durable
+        when the group commits)."""
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT decision")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO decision")
+                self._db.execute("RELEASE decision")
+                raise
+            self._db.execute("RELEASE decision")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -181,6 +193,17 @@ class Journal:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def begin_group(self) -> None:
+        """Open one transaction for several `transaction()`s: a commit (a WAL write) for them all."""
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit_group(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback_group(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def answer_for(self, rrn: str, mti: str) -> StoredAnswer | None:
         row = self._db.execute(

@@ -2,8 +2,10 @@
 
 `Bank` decides every answer and writes the journal; `BankServer` moves frames. The decision is
 synchronous on purpose: a decision and its journal write complete without yielding to the event
-loop, so two requests for the same authorization can never interleave. Only the answer's delay
-is awaited, in a task per request, so a slow answer never holds up the others on a connection.
+loop, so two requests for the same authorization can never interleave. The decisions of one
+event-loop turn commit together (`GroupCommit`), and their answers leave after that commit. Only
+the answer's delay is awaited, in a task per request, so a slow answer never holds up the others
+on a connection.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 from actors.acquirer import iso8583 as iso
@@ -192,11 +195,58 @@ class Bank:
         return fields
 
 
+class GroupCommit:
+    """The journal writes of one event-loop turn in one SQLite transaction, and their answers held
+    until it commits: an answer never leaves for an effect that is not durable yet. Under load a
+    turn decides tens of requests, and a commit of its own (a WAL write) was about 40% of each
+    decision's time.
+
+    If the commit fails, the turn's effects roll back and its answers are never sent: to the
+    acquirer those are lost replies (it retransmits or reverses), and the journal holds nothing."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.waiting: list[Callable[[], None]] | None = None  # None: no group open
+
+    def join(self) -> None:
+        """Before a decision: open the turn's group, if not open yet."""
+        if self.waiting is not None:
+            return
+        try:
+            self.journal.begin_group()
+        except Exception:
+            # The decision then tries a transaction of its own, and answers 96 if that fails too.
+            log.exception("banksim could not open a journal transaction")
+            return
+        self.waiting = []
+        asyncio.get_running_loop().call_soon(self.commit)
+
+    def after_commit(self, send: Callable[[], None]) -> None:
+        if self.waiting is None:
+            send()  # decided in a transaction of its own, already committed
+        else:
+            self.waiting.append(send)
+
+    def commit(self) -> None:
+        waiting, self.waiting = self.waiting, None
+        if waiting is None:
+            return
+        try:
+            self.journal.commit_group()
+        except Exception:
+            log.exception("banksim journal commit failed: %d answers withheld", len(waiting))
+            self.journal.rollback_group()
+            return
+        for send in waiting:
+            send()
+
+
 class BankServer:
     """Accepts connections; reads frames; answers each in its own task after its delay."""
 
     def __init__(self, bank: Bank, host: str, port: int) -> None:
         self.bank, self.host, self.port = bank, host, port
+        self.commits = GroupCommit(bank.journal)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -212,6 +262,7 @@ class BankServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self.commits.commit()  # the last turn's decisions, before the journal closes
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -235,6 +286,7 @@ class BankServer:
                     continue
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                self.commits.join()
                 answer = self.bank.decide(doc)
                 # Every message is in the journal; a log line each cost a quarter of banksim's CPU.
                 if log.isEnabledFor(logging.DEBUG):
@@ -246,21 +298,26 @@ class BankServer:
                     )  # fmt: skip
                 if answer.fields is None:
                     continue
+                frame = iso.encode_frame(answer.fields)
                 if answer.delay_s <= 0:
-                    answers.write(iso.encode_frame(answer.fields))
+                    self.commits.after_commit(partial(answers.write, frame))
                 else:
-                    reply = asyncio.create_task(_reply(answers, answer.fields, answer.delay_s))
-                    replies.add(reply)
-                    reply.add_done_callback(replies.discard)
+                    self.commits.after_commit(partial(_reply_later, replies, answers, frame, answer.delay_s))
         finally:
             # Answers still waiting on this connection are lost with it, as on a real network.
             for reply in list(replies):
                 reply.cancel()
 
 
-async def _reply(answers: CorkedWriter, fields: Document, delay_s: float) -> None:
+def _reply_later(replies: set[asyncio.Task[None]], answers: CorkedWriter, frame: bytes, delay_s: float) -> None:
+    reply = asyncio.create_task(_reply(answers, frame, delay_s))
+    replies.add(reply)
+    reply.add_done_callback(replies.discard)
+
+
+async def _reply(answers: CorkedWriter, frame: bytes, delay_s: float) -> None:
     await asyncio.sleep(delay_s)
-    answers.write(iso.encode_frame(fields))
+    answers.write(frame)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
