@@ -201,14 +201,41 @@ def test_charge_events_carry_the_charge_as_stripe_does(api: httpx.Client) -> Non
     assert {e["data"]["object"]["object"] for e in pi_events} == {"payment_intent"}
 
 
-def test_failing_receiver_gets_the_same_event_on_the_4th_attempt(api: httpx.Client, base_url: str,
-                                                                  merchant: Merchant, receiver: Receiver) -> None:
+async def _delivery_history(dsn: str, endpoint_id: str, timeout: float = 30) -> tuple[Any, list[Any]]:
+    """The endpoint's one delivery once it is closed, and its recorded attempts in order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            delivery = await conn.fetchrow(
+                "SELECT id, status, attempts, last_status_code, last_error, delivered_at FROM webhook_deliveries "
+                "WHERE endpoint_id = $1", endpoint_id)
+            if (delivery is not None and delivery["status"] != "pending") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert delivery is not None
+        attempts = await conn.fetch("SELECT status_code, latency_ms, error, response_prefix FROM webhook_attempts "
+                                    "WHERE delivery_id = $1 ORDER BY id", delivery["id"])
+        return delivery, attempts
+    finally:
+        await conn.close()
+
+
+def test_failing_receiver_gets_the_same_event_on_the_4th_attempt(api: httpx.Client, base_url: str, merchant: Merchant,
+                                                                  receiver: Receiver, stack_info: StackInfo) -> None:
     receiver.behaviours["/flaky"] = lambda n: 500 if n <= 3 else 200
-    _endpoint(api, receiver, "/flaky", ["payment_intent.succeeded"])
+    endpoint = _endpoint(api, receiver, "/flaky", ["payment_intent.succeeded"])
     [payment] = _pay(base_url, merchant, 1)
     events = receiver.wait_for("/flaky", lambda e: len(e) >= 1, 60)
     assert [e["data"]["object"]["id"] for e in events] == [payment]
     assert receiver.attempts["/flaky"] == 4
+    # Every attempt is recorded with its status, latency and the start of the answer.
+    delivery, attempts = asyncio.run(_delivery_history(stack_info.ledger_dsn, endpoint["id"]))
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("succeeded", 4, 200)
+    assert delivery["last_error"] is None and delivery["delivered_at"] is not None
+    assert [(a["status_code"], a["error"], a["response_prefix"]) for a in attempts] == [
+        (500, "HTTP 500", "ok"), (500, "HTTP 500", "ok"), (500, "HTTP 500", "ok"), (200, None, "ok")]
+    assert all(0 <= a["latency_ms"] < 10_000 for a in attempts)
 
 
 def test_a_receiver_that_never_answers_does_not_delay_others(api: httpx.Client, base_url: str, merchant: Merchant,
