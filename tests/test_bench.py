@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +22,7 @@ from actors.events.signing import sign
 from cluster.bench import statements
 from cluster.bench.launch import Target
 from cluster.bench.profile import Part, Profiler, package_of
-from cluster.bench.receiver import verify
+from cluster.bench.receiver import ReceiverProcess, verify
 from cluster.bench.runner import BenchOptions, BenchResult, rerun_audit, run_bench
 from cluster.stack import StackInfo
 
@@ -202,6 +205,33 @@ def test_the_receiver_verifies_signatures_as_stripe_does() -> None:
     assert not verify(body + b" ", header, secret)
     assert not verify(body, header, "whsec_other")
     assert not verify(body, sign(body, secret, timestamp=1), secret)  # outside the 300 s tolerance
+
+
+def test_the_receiver_answers_pipelined_deliveries_split_across_reads() -> None:
+    receiver = ReceiverProcess().start()
+    try:
+        receiver.set_secrets({"/hook": "whsec_test"})
+        body = json.dumps({"id": "evt_1", "type": "charge.succeeded",
+                           "data": {"object": {"id": "ch_1", "payment_intent": "pi_1"}}}).encode()
+
+        def delivery(signature: str) -> bytes:
+            return (f"POST /hook HTTP/1.1\r\nStripe-Signature: {signature}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+        stream = delivery(sign(body, "whsec_test")) + delivery("t=1,v1=00") + delivery(sign(body, "whsec_test"))
+        with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as conn:
+            conn.sendall(stream[:40])  # mid-way through the first request line
+            time.sleep(0.1)
+            conn.sendall(stream[40:])
+            answers = b""
+            while answers.count(b"HTTP/1.1") < 3:
+                answers += conn.recv(4096)
+        assert re.findall(rb"HTTP/1\.1 (\d{3})", answers) == [b"200", b"400", b"200"]
+        stats = receiver.stats()
+        assert (stats["deliveries"], stats["bad_signatures"]) == (2, 1)
+        assert stats["events"] == {"evt_1": ["pi_1", 2, "charge.succeeded"]}  # one event, delivered twice
+    finally:
+        receiver.stop()
 
 
 def _in_child(code: str, soft: int, hard: int) -> subprocess.CompletedProcess[str]:
