@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from actors.acquirer import AcquirerRequest, CardData, format_transmitted_at
 from actors.acquirer import iso8583 as iso
 from actors.acquirer.iso_adapter import build_request
 from banksim.journal import Journal
 from banksim.server import Bank, BankServer
+from tests.test_banksim import HOST, authorization, merchant
 
 pytestmark = pytest.mark.timeout(60)
-
-HOST = "127.0.0.1"
 
 
 class CountingJournal(Journal):
@@ -38,14 +34,8 @@ class CountingJournal(Journal):
 
 
 def authorizations(count: int) -> list[bytes]:
-    merchant = f"acct_{uuid.uuid4().hex[:16]}"
-    now = format_transmitted_at(datetime.now(UTC))
-    frames = []
-    for n in range(count):
-        request = AcquirerRequest("authorize", f"{n + 1:06d}", f"GC{uuid.uuid4().hex[:10]}", 1000, "usd", merchant,
-                                  CardData("4242424242424242", 12, 2034, "739"), transmitted_at=now)
-        frames.append(iso.encode_frame(build_request(request, "TERM0001")))
-    return frames
+    mid = merchant()
+    return [iso.encode_frame(build_request(authorization(mid), "TERM0001")) for _ in range(count)]
 
 
 async def exchange(port: int, frames: list[bytes], wait_s: float = 5.0) -> list[dict[str, str]]:

@@ -18,6 +18,7 @@ from actors.payments import store
 from actors.registry import dispatcher_name
 from cluster.db import create_pool
 from cluster.stack import LocalStack, StackInfo
+from tests.bank import ledger, wait_until
 from tests.conftest import Merchant
 from tests.webhook_receiver import Receiver
 
@@ -201,26 +202,6 @@ def test_charge_events_carry_the_charge_as_stripe_does(api: httpx.Client) -> Non
     assert {e["data"]["object"]["object"] for e in pi_events} == {"payment_intent"}
 
 
-async def _delivery_history(dsn: str, endpoint_id: str, timeout: float = 30) -> tuple[Any, list[Any]]:
-    """The endpoint's one delivery once it is closed, and its recorded attempts in order."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            delivery = await conn.fetchrow(
-                "SELECT id, status, attempts, last_status_code, last_error, delivered_at FROM webhook_deliveries "
-                "WHERE endpoint_id = $1", endpoint_id)
-            if (delivery is not None and delivery["status"] != "pending") or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
-        assert delivery is not None
-        attempts = await conn.fetch("SELECT status_code, latency_ms, error, response_prefix FROM webhook_attempts "
-                                    "WHERE delivery_id = $1 ORDER BY id", delivery["id"])
-        return delivery, attempts
-    finally:
-        await conn.close()
-
-
 def test_failing_receiver_gets_the_same_event_on_the_4th_attempt(api: httpx.Client, base_url: str, merchant: Merchant,
                                                                   receiver: Receiver, stack_info: StackInfo) -> None:
     receiver.behaviours["/flaky"] = lambda n: 500 if n <= 3 else 200
@@ -230,7 +211,11 @@ def test_failing_receiver_gets_the_same_event_on_the_4th_attempt(api: httpx.Clie
     assert [e["data"]["object"]["id"] for e in events] == [payment]
     assert receiver.attempts["/flaky"] == 4
     # Every attempt is recorded with its status, latency and the start of the answer.
-    delivery, attempts = asyncio.run(_delivery_history(stack_info.ledger_dsn, endpoint["id"]))
+    [delivery] = wait_until(lambda: ledger(
+        stack_info, "SELECT id, status, attempts, last_status_code, last_error, delivered_at FROM webhook_deliveries "
+        "WHERE endpoint_id = $1 AND status <> 'pending'", endpoint["id"]), 30, what="the delivery to be closed")
+    attempts = ledger(stack_info, "SELECT status_code, latency_ms, error, response_prefix FROM webhook_attempts "
+                      "WHERE delivery_id = $1 ORDER BY id", delivery["id"])
     assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("succeeded", 4, 200)
     assert delivery["last_error"] is None and delivery["delivered_at"] is not None
     assert [(a["status_code"], a["error"], a["response_prefix"]) for a in attempts] == [
