@@ -120,7 +120,7 @@ class _Connection(asyncio.Protocol):
             answers.append(_route(self.state, method, path, headers, body))
         if answers:
             self.transport.write(b"".join(answers))
-        if len(self.buffer) > _MAX_HEAD and self.buffer.find(b"\r\n\r\n") < 0:
+        if end < 0 and len(self.buffer) > _MAX_HEAD:  # no end of head in sight
             self.transport.close()
 
 
