@@ -12,6 +12,7 @@ import pytest
 
 from cluster.migrate import apply_migrations
 from cluster.stack import LocalStack, StackInfo
+from tests.bank import ledger
 from tests.conftest import Merchant
 
 
@@ -200,19 +201,11 @@ def test_analyze_skips_the_json_blobs_nothing_filters_on(stack_info: StackInfo, 
 def test_busy_tables_are_analysed_from_a_small_sample(stack_info: StackInfo) -> None:
     tables = ["outbox_events", "payment_events", "webhook_attempts", "ledger_entries", "risk_attempts",  # 0016
               "payment_orders", "webhook_deliveries"]  # 0017
-
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack_info.ledger_dsn)
-        try:
-            return await conn.fetch(
-                "SELECT c.relname, a.attname, a.attstattarget "
-                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-                "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace "
-                "AND a.attnum > 0 AND NOT a.attisdropped", tables)
-        finally:
-            await conn.close()
-
-    targets = {(r["relname"], r["attname"]): r["attstattarget"] for r in asyncio.run(run())}
+    rows = ledger(stack_info, "SELECT c.relname, a.attname, a.attstattarget "
+                  "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                  "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace "
+                  "AND a.attnum > 0 AND NOT a.attisdropped", tables)
+    targets = {(r["relname"], r["attname"]): r["attstattarget"] for r in rows}
     assert {table for table, _ in targets} == set(tables)
     no_statistics = [("payment_events", "data"), ("payment_orders", "charge"), ("payment_orders", "metadata"),
                      ("payment_orders", "last_payment_error")]  # 0015
