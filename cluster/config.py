@@ -122,7 +122,8 @@ def _dsn(env: Mapping[str, str], name: str) -> str | None:
     if not raw:
         return None
     parsed = urlparse(raw)
-    if parsed.scheme not in ("postgres", "postgresql") or not parsed.hostname:
+    over_socket = "host=" in parsed.query  # postgresql://user@/db?host=/socket/dir&port=5432
+    if parsed.scheme not in ("postgres", "postgresql") or not (parsed.hostname or over_socket):
         raise ConfigError(f"{name} must be a postgresql://user@host:port/db URL, got {raw!r}")
     return raw
 

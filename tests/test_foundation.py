@@ -163,6 +163,13 @@ def test_bad_config_names_the_variable(name: str) -> None:
         load_config({name: "not a valid value"})
 
 
+def test_a_dsn_may_name_a_unix_socket_directory() -> None:
+    from cluster.config import load_config
+
+    dsn = "postgresql://postgres@/paygate?host=/var/run/postgresql&port=5432"
+    assert load_config({"PAYGATE_LEDGER_DSN": dsn}).ledger_dsn == dsn
+
+
 @pytest.mark.parametrize(("method", "path", "params", "param"), [
     ("GET", "/v1/payment_intents/pi_a%00b", {}, "id"),
     ("GET", "/v1/refunds", {"ending_before": "re_\x00"}, "ending_before"),

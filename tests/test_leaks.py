@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import asyncpg
 import httpx
@@ -230,9 +229,7 @@ def test_responses_carry_no_card_data(traffic: Traffic) -> None:
 # ---- databases -----------------------------------------------------------------------------------
 
 def pg_dump(dsn: str) -> bytes:
-    url = urlparse(dsn)
-    argv = [pg_bin("pg_dump"), "-h", url.hostname or "127.0.0.1", "-p", str(url.port or 5432),
-            "-U", url.username or "postgres", (url.path or "/paygate").lstrip("/")]
+    argv = [pg_bin("pg_dump"), "--dbname", dsn]  # libpq reads the URL, socket or TCP
     result = subprocess.run(argv, capture_output=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert b"COPY " in result.stdout or b"INSERT INTO" in result.stdout

@@ -102,14 +102,13 @@ def _summary(recorder: Recorder, seconds: float) -> dict[str, Any]:
 
 def pgbench(dsn: str, clients: int = 4, seconds: int = 5) -> dict[str, Any]:
     """pgbench -N in a scratch database on the same server; tps and mean latency."""
-    parts = urlsplit(dsn)
-    conn_args = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres"]
     db = f"bench_pgbench_{os.getpid()}"
+    scratch = urlsplit(dsn)._replace(path=f"/{db}").geturl()  # libpq takes the URL, socket or TCP
     asyncio.run(_database(dsn, db, create=True))
     try:
-        subprocess.run([pg_bin("pgbench"), *conn_args, "-i", "-q", "-s", "4", db], check=True, capture_output=True)
-        out = subprocess.run([pg_bin("pgbench"), *conn_args, "-N", "-n", "-M", "prepared", "-c", str(clients),
-                              "-j", str(min(clients, 2)), "-T", str(seconds), db],
+        subprocess.run([pg_bin("pgbench"), "-i", "-q", "-s", "4", scratch], check=True, capture_output=True)
+        out = subprocess.run([pg_bin("pgbench"), "-N", "-n", "-M", "prepared", "-c", str(clients),
+                              "-j", str(min(clients, 2)), "-T", str(seconds), scratch],
                              check=True, capture_output=True, text=True).stdout
     finally:
         asyncio.run(_database(dsn, db, create=False))
