@@ -64,7 +64,7 @@ def test_checkout_bench_passes_its_audit_with_sane_numbers(stack_info: StackInfo
     checks = {c["name"]: c for c in report["audit"]["checks"]}
     assert checks["client_vs_ledger"]["checked"] == 100
     assert checks["bank_vs_ledger"]["checked"] == 100 and not checks["bank_vs_ledger"]["skipped"]
-    assert checks["webhooks_received"]["checked"] >= 400  # created, processing, succeeded, charge.succeeded each
+    assert checks["webhooks_received"]["checked"] >= 300  # created, succeeded, charge.succeeded each
     assert sum(row["payments"] for row in report["timeline"]) == 100
     assert json.loads((tmp_path / "checkout" / "report.json").read_text())["throughput"]["payments_ok"] == 100
     assert (tmp_path / "checkout" / "bench.png").stat().st_size > 10_000

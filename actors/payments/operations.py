@@ -113,8 +113,7 @@ class Operations:
         }
         pool = self.ports.pool
         if cmd.confirm and card:  # created already confirmed: one statement, the recovery point with it
-            confirmed = store.Step("confirm", await self._authorization_changes(values, card),
-                                   events=["payment_intent.processing"])
+            confirmed = store.Step("confirm", await self._authorization_changes(values, card))
             # The risk check needs only what the row will hold, so it runs while the row is written:
             # one hop less on the way to the bank, and this batch's checks travel together.
             payment_id = new_id("pi")
@@ -141,12 +140,17 @@ class Operations:
                                  code="payment_intent_unexpected_state", param="payment_method")
         card = await self._payment_method(cmd, pm_id)
         row = await store.transition(self.ports.rows, row, "confirm", await self._authorization_changes(row, card),
-                                     events=["payment_intent.processing"], along=store.Along(recovery=cmd.idempotency))
+                                     along=store.Along(recovery=cmd.idempotency))
         return await self._authorize(cmd, row, card)
 
     async def _authorization_changes(self, row: Mapping[str, Any], card: dict[str, Any]) -> dict[str, Any]:
         """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
-        capture gets its completion's ids now too, so approval leads straight to the capture."""
+        capture gets its completion's ids now too, so approval leads straight to the capture.
+
+        No event announces it: as in Stripe, a card payment goes from confirmation straight to its
+        outcome (`processing` is for payment methods that take days). Here it is where the bank
+        call is in flight, and the outcome's events follow within the request, or from the
+        recovery sweep when the bank's answer is in doubt."""
         automatic = row["capture_method"] == "automatic"
         ids = await self.ports.bank_ids.take(2 if automatic else 1)
         (stan, rrn), capture = ids[0], ids[1] if automatic else (None, None)

@@ -3,9 +3,10 @@
     python -m cluster.bench.webhooks --url URL --admin-key KEY [--payments 1000] [--concurrency 32]
     python -m cluster.bench.webhooks [--payments 1000]      # starts (and stops) its own local stack
 
-Each payment (create + confirm, automatic capture) produces four events. Lag is measured for
-`payment_intent.succeeded`: from the moment the client got the 200 for the payment (the state
-change has committed) to the moment the receiver got the signed delivery.
+Each payment (create + confirm, automatic capture) produces three events: `payment_intent.created`,
+`.succeeded` and `charge.succeeded`. Lag is measured for `payment_intent.succeeded`: from the
+moment the client got the 200 for the payment (the state change has committed) to the moment the
+receiver got the signed delivery.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cluster.config import load_config
 from cluster.procs import free_port
 from cluster.stack import LocalStack
 
-EVENTS_PER_PAYMENT = 4
+EVENTS_PER_PAYMENT = 3
 
 
 
