@@ -34,7 +34,7 @@ log = logging.getLogger("paygate.relay")
 # Caught up (a batch short of full), the relay polls again this long after the last poll began:
 # at 150 payments/s, polling as soon as a batch was out sent batches of a few rows, each a
 # transaction and a produce request of its own. Behind (a full batch), it polls at once.
-POLL_INTERVAL_S = 0.02
+POLL_INTERVAL_S = 0.05
 
 _CLAIM = ("SELECT p.seq, o.id, o.object_id, o.type, o.payload::text AS payload "
           "FROM outbox_pending p JOIN outbox_events o ON o.id = p.event_id WHERE {due} "
