@@ -16,7 +16,8 @@ under load round trips grow: a fixed 5 ms patience ran out on nearly every call 
 (the gateway's hop to the shard sent 2.6 items a call instead of one call a round trip), and the
 extra calls cost more CPU than the work they carried.
 
-`RowBatcher` does the same for hot single-row SQL statements: one round trip and one commit per batch."""
+`RowBatcher` does the same for hot SQL statements written for many rows: one execution, one round
+trip and one commit per batch."""
 
 from __future__ import annotations
 
@@ -135,40 +136,45 @@ async def gather_outcomes(calls: Sequence[Awaitable[Result]]) -> list[Result | B
 
 
 class RowBatcher:
-    """Single-row statements written together go to PostgreSQL together: the statements of one
-    text that queue up while the previous batch is out travel as one pipelined round trip and one
-    commit (asyncpg's `fetchmany`, atomic), instead of a round trip and a commit each. Measured on
-    this machine with a three-table CTE insert: 8 per batch cost PostgreSQL 120 instead of 270 µs
-    and the client 50 instead of 140 µs per statement.
+    """Statements written for many rows go to PostgreSQL together: every parameter of such a
+    statement is an array (a column of its rows, or of their children, each naming its row), so
+    the calls of one statement text that queue up while the previous batch is out are merged into
+    one execution, their arrays joined parameter by parameter: one round trip, one commit and one
+    pass of the executor for the batch. Measured on this machine with the shard's capture statement
+    (five tables), PostgreSQL's CPU per row: 91-109 µs merged against 197-200 µs pipelined as
+    single-row statements (asyncpg's `fetchmany`, this class's earlier form) at 64 rows a batch,
+    184-238 against 247-294 µs at 8 rows.
 
-    A statement's first parameter must be the `key` of the one row it returns (or of the row it
-    would have returned: no row is an answer too, e.g. a version check that failed). Each
-    statement stays all or nothing on its own: a batch PostgreSQL rejects was rolled back whole,
-    so its statements run again one by one and each caller gets its own outcome. A connection
-    lost mid-batch fails every caller of that batch, as it would have failed each alone."""
+    A call's first parameter must hold exactly the `key` of the one row it returns (or would have
+    returned: no row is an answer too, e.g. a version check that failed). The statement is all or
+    nothing: a batch PostgreSQL rejects runs again call by call, so each caller gets its own
+    outcome; so does a batch that names one key twice (its rows could not be told apart). A
+    connection lost mid-batch fails every caller of that batch, as it would have failed each alone."""
 
     def __init__(self, pool: asyncpg.Pool, key: str = "id", max_items: int = 64, max_in_flight: int = 1) -> None:
         self.pool, self.key = pool, key
         self.max_items, self.max_in_flight = max_items, max_in_flight
-        self.batchers: dict[str, Batcher[tuple[Any, ...], asyncpg.Record | None]] = {}
+        self.batchers: dict[str, Batcher[tuple[list[Any], ...], asyncpg.Record | None]] = {}
 
-    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+    async def fetchrow(self, sql: str, *args: list[Any]) -> asyncpg.Record | None:
         batcher = self.batchers.get(sql)
         if batcher is None:
             batcher = self.batchers[sql] = Batcher(lambda batch: self._run(sql, batch), self.max_items,
                                                    self.max_in_flight)
         return await batcher.call(args)
 
-    async def _run(self, sql: str, batch: list[tuple[Any, ...]]) -> list[asyncpg.Record | BaseException | None]:
-        if len(batch) == 1 or len({args[0] for args in batch}) < len(batch):
-            return await self._one_by_one(sql, batch)  # one key twice: its rows could not be told apart
+    async def _run(self, sql: str, batch: list[tuple[list[Any], ...]]) -> list[asyncpg.Record | BaseException | None]:
+        keys = [args[0][0] for args in batch]
+        if len(batch) == 1 or len(set(keys)) < len(batch):
+            return await self._one_by_one(sql, batch)
+        merged = [[value for column in columns for value in column] for columns in zip(*batch, strict=True)]
         try:
-            async with self.pool.acquire() as conn:
-                rows = await conn.fetchmany(sql, batch)
+            rows = await self.pool.fetch(sql, *merged)
         except asyncpg.PostgresError:
             return await self._one_by_one(sql, batch)
         by_key = {row[self.key]: row for row in rows}
-        return [by_key.get(args[0]) for args in batch]
+        return [by_key.get(key) for key in keys]
 
-    async def _one_by_one(self, sql: str, batch: list[tuple[Any, ...]]) -> list[asyncpg.Record | BaseException | None]:
+    async def _one_by_one(self, sql: str,
+                          batch: list[tuple[list[Any], ...]]) -> list[asyncpg.Record | BaseException | None]:
         return await gather_outcomes([self.pool.fetchrow(sql, *args) for args in batch])

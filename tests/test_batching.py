@@ -174,7 +174,9 @@ def test_a_short_answer_fails_the_batch_instead_of_hanging() -> None:
 
 # ---- RowBatcher, against the real ledger PostgreSQL ------------------------------------------
 
-_INSERT = "INSERT INTO {t} (id, v) VALUES ($1, $2) RETURNING id, v, txid_current() AS xid"
+# A statement written for many rows, as RowBatcher wants them: each parameter a column of the rows.
+_INSERT = ("INSERT INTO {t} (id, v) SELECT * FROM unnest($1::text[], $2::integer[]) "
+           "RETURNING id, v, txid_current() AS xid, statement_timestamp() AS started")
 
 
 def _with_table(stack_info: StackInfo, body: Callable[[RowBatcher, str], Awaitable[None]]) -> None:
@@ -194,12 +196,13 @@ def _with_table(stack_info: StackInfo, body: Callable[[RowBatcher, str], Awaitab
     asyncio.run(main())
 
 
-def test_rows_written_together_share_one_transaction_and_each_caller_gets_its_row(stack_info: StackInfo) -> None:
+def test_rows_written_together_are_one_statement_and_each_caller_gets_its_row(stack_info: StackInfo) -> None:
     async def body(rows: RowBatcher, table: str) -> None:
-        got = [r for r in await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), f"r{i}", i)
+        got = [r for r in await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), [f"r{i}"], [i])
                                                  for i in range(10)]) if r is not None]
         assert [(r["id"], r["v"]) for r in got] == [(f"r{i}", i) for i in range(10)]
         assert len({r["xid"] for r in got}) == 1  # one round trip, one commit
+        assert len({r["started"] for r in got}) == 1  # one execution, not ten pipelined
         assert await rows.pool.fetchval(f"SELECT count(*) FROM {table}") == 10
 
     _with_table(stack_info, body)
@@ -208,9 +211,10 @@ def test_rows_written_together_share_one_transaction_and_each_caller_gets_its_ro
 def test_a_statement_that_returns_no_row_answers_none_to_its_caller_only(stack_info: StackInfo) -> None:
     async def body(rows: RowBatcher, table: str) -> None:
         await rows.pool.execute(f"INSERT INTO {table} (id, v) SELECT 'r' || i, i FROM generate_series(0, 5) i")
-        update = (f"UPDATE {table} SET v = v + 100, version = version + 1 WHERE id = $1 AND version = $2 "
-                  "RETURNING id, v, txid_current() AS xid")
-        got = await asyncio.gather(*[rows.fetchrow(update, f"r{i}", 1 if i == 3 else 0) for i in range(6)])
+        update = (f"UPDATE {table} t SET v = t.v + 100, version = t.version + 1 "
+                  "FROM unnest($1::text[], $2::integer[]) AS x(id, version) "
+                  "WHERE t.id = x.id AND t.version = x.version RETURNING t.id, t.v, txid_current() AS xid")
+        got = await asyncio.gather(*[rows.fetchrow(update, [f"r{i}"], [1 if i == 3 else 0]) for i in range(6)])
         assert got[3] is None  # its version check failed
         assert [r["v"] for r in got if r is not None] == [100, 101, 102, 104, 105]
         assert len({r["xid"] for r in got if r is not None}) == 1
@@ -223,7 +227,7 @@ def test_a_rejected_statement_fails_its_caller_alone_and_the_rest_are_written(st
     async def body(rows: RowBatcher, table: str) -> None:
         await rows.pool.execute(f"INSERT INTO {table} (id, v) VALUES ('taken', 0)")
         ids = ["a", "taken", "b", "negative", "c"]
-        got = await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), i, -1 if i == "negative" else 1)
+        got = await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), [i], [-1 if i == "negative" else 1])
                                      for i in ids], return_exceptions=True)
         assert isinstance(got[1], asyncpg.UniqueViolationError)
         assert isinstance(got[3], asyncpg.CheckViolationError)
@@ -236,7 +240,7 @@ def test_a_rejected_statement_fails_its_caller_alone_and_the_rest_are_written(st
 
 def test_one_key_twice_in_a_batch_still_gets_each_its_own_outcome(stack_info: StackInfo) -> None:
     async def body(rows: RowBatcher, table: str) -> None:
-        outcomes = await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), key, v)
+        outcomes = await asyncio.gather(*[rows.fetchrow(_INSERT.format(t=table), [key], [v])
                                           for key, v in (("same", 1), ("same", 2), ("other", 3))],
                                         return_exceptions=True)
         assert [r["v"] for r in outcomes if isinstance(r, asyncpg.Record)] == [1, 3]

@@ -83,25 +83,44 @@ async def _claim_existing(pool: asyncpg.Pool, merchant_id: str, idem: Idempotenc
 def recovery_point_sql(merchant_id: str, idem: Idempotency, object_id: str, first: int,
                        only_if: str = "") -> tuple[str, list[Any]]:
     """Record what this attempt created or moved. An upsert: a gateway-made key is first written
-    here, in the business write, rather than claimed in a round trip of its own. Parameters
-    numbered from `first`; `only_if` names a CTE that must have a row (the write it rides with)."""
+    here, in the business write, rather than claimed in a round trip of its own. Written for many
+    rows (each parameter an array), so that a RowBatcher can merge such writes; parameters numbered
+    from `first`; `only_if` names a CTE whose rows (`id`) the recorded objects must be among."""
     n = first
-    guard = f" WHERE EXISTS (SELECT 1 FROM {only_if})" if only_if else ""
+    guard = f"k.recovery_point IN (SELECT id FROM {only_if})" if only_if else "true"
     return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
-            f"recovery_point, locked_at) SELECT ${n}::text, ${n + 1}::text, ${n + 2}::text, ${n + 3}::text, "
-            f"${n + 4}::text, ${n + 5}::text, now(){guard} "
+            f"recovery_point, locked_at) SELECT k.*, now() FROM unnest(${n}::text[], ${n + 1}::text[], "
+            f"${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[]) "
+            f"AS k(merchant_id, key, method, path, hash, recovery_point) WHERE {guard} "
             f"ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
-            [merchant_id, idem.key, idem.method, idem.path, idem.request_hash, object_id])
+            [[merchant_id], [idem.key], [idem.method], [idem.path], [idem.request_hash], [object_id]])
 
 
-def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int) -> tuple[str, list[Any]]:
+def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int,
+               owner: tuple[str, str] | None = None) -> tuple[str, list[Any]]:
     """Store the reply for replays — or, for a gateway-made key, drop the key (nobody can replay it).
-    Parameters numbered from `first`; the statement ends in its WHERE clause, so callers may extend it."""
+    Written for many rows, like `recovery_point_sql`; parameters numbered from `first`. With
+    `owner` (a CTE's name, the object's id) only when that object is among the CTE's rows."""
     n = first
+    keys = f"${n}::text[], ${n + 1}::text[]"
+    args: list[Any] = [[merchant_id], [idem.key]]
+    columns = "merchant_id, key"
+    if not idem.internal:
+        keys += f", ${n + 2}::integer[], ${n + 3}::bytea[]"
+        args += [[reply.status], [reply.body]]
+        columns += ", code, body"
+    guard = ""
+    if owner is not None:
+        keys += f", ${n + len(args)}::text[]"
+        args.append([owner[1]])
+        columns += ", owner"
+        guard = f" AND f.owner IN (SELECT id FROM {owner[0]})"
+    rows = f"unnest({keys}) AS f({columns})"
+    match = f"i.merchant_id = f.merchant_id AND i.key = f.key{guard}"
     if idem.internal:
-        return (f"DELETE FROM idempotency_keys WHERE merchant_id = ${n} AND key = ${n + 1}", [merchant_id, idem.key])
-    return (f"UPDATE idempotency_keys SET response_code = ${n + 2}, response_body = ${n + 3}, locked_at = NULL "
-            f"WHERE merchant_id = ${n} AND key = ${n + 1}", [merchant_id, idem.key, reply.status, reply.body])
+        return f"DELETE FROM idempotency_keys i USING {rows} WHERE {match}", args
+    return (f"UPDATE idempotency_keys i SET response_code = f.code, response_body = f.body, locked_at = NULL "
+            f"FROM {rows} WHERE {match}", args)
 
 
 async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: Idempotency | None,

@@ -4,6 +4,10 @@
 under a version check, appends the payment event and writes the outbox events — and, when asked
 (`Along`), an earlier payment event, a ledger group and the idempotency key's stored reply — in one
 statement: atomic without a transaction, and one round trip on the hot path.
+
+These statements are written for many rows: every parameter is an array (a column of the rows, or
+of their events, each event naming its payment). A payment's own write passes one row; the shard's
+RowBatcher merges the writes of one shape that queue up into one execution of the statement.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ class VersionConflict(Exception):
 
 
 async def load(conn: Writer, payment_id: str, merchant_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM payment_orders WHERE id = $1 AND merchant_id = $2",
-                               payment_id, merchant_id)
+    return await conn.fetchrow("SELECT p.* FROM unnest($1::text[], $2::text[]) AS x(id, merchant_id) "
+                               "JOIN payment_orders p ON p.id = x.id AND p.merchant_id = x.merchant_id",
+                               [payment_id], [merchant_id])
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,10 @@ async def insert(conn: Writer, values: Mapping[str, Any],
         outbox.append((moved, then.events))
         row = {**row, **then.changes, "status": moved["status"]}
     columns = list(row)
-    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    args: list[Any] = [row[c] for c in columns]
-    sql = (f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *)"
-           + _event_and_outbox_sql("p", len(args) + 1))
-    args += _event_and_outbox_args(history, outbox)
+    args: list[Any] = [[row[c]] for c in columns]
+    sql = (f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) SELECT * FROM {_unnest(columns, 1)} "
+           f"RETURNING *)" + _event_and_outbox_sql("p", len(args) + 1))
+    args += _event_and_outbox_args(payment_id, history, outbox)
     if recovery_key is not None:
         recovery_sql, recovery_args = idempotency.recovery_point_sql(values["merchant_id"], recovery_key,
                                                                      payment_id, len(args) + 1)
@@ -115,30 +119,52 @@ async def transition(conn: Writer, row: asyncpg.Record, action: Action,
     snapshot = preview(row, action, changes)
     changes = {**changes, "status": snapshot["status"]}
     columns = list(changes)
-    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
-    args: list[Any] = [row["id"], row["version"], *[changes[c] for c in columns]]
+    sets = ", ".join(f"{c} = x.{c}" for c in columns)
+    args: list[Any] = [[row["id"]], [row["version"]], *[[changes[c]] for c in columns]]
     history = [_own_event(snapshot, f"payment_intent.{action}", row["status"], bank or {})]
     if along.earlier is not None:
         history.insert(0, along.earlier)
-    sql = (f"WITH u AS (UPDATE payment_orders SET {sets}, version = version + 1 "
-           f"WHERE id = $1 AND version = $2 RETURNING *)" + _event_and_outbox_sql("u", len(args) + 1))
-    args += _event_and_outbox_args(history, [(snapshot, events)])
+    sql = (f"WITH u AS (UPDATE payment_orders p SET {sets}, version = p.version + 1 "
+           f"FROM {_unnest(['id', 'version', *columns], 1)} WHERE p.id = x.id AND p.version = x.version "
+           f"RETURNING p.*)" + _event_and_outbox_sql("u", len(args) + 1))
+    args += _event_and_outbox_args(row["id"], history, [(snapshot, events)])
     if along.ledger:
         sql += _ledger_sql("u", len(args) + 1)
-        args += [new_id("txn"), along.ledger_description, *_ledger_args(along.ledger)]
+        args += _ledger_args(row["id"], new_id("txn"), along.ledger_description, along.ledger)
     if along.recovery is not None:
         recovery_sql, recovery_args = idempotency.recovery_point_sql(row["merchant_id"], along.recovery, row["id"],
                                                                      len(args) + 1, only_if="u")
         sql += f", r AS ({recovery_sql})"
         args += recovery_args
     if along.finish is not None:
-        finish_sql, finish_args = idempotency.finish_sql(row["merchant_id"], *along.finish, len(args) + 1)
-        sql += f", k AS ({finish_sql} AND EXISTS (SELECT 1 FROM u))"
+        finish_sql, finish_args = idempotency.finish_sql(row["merchant_id"], *along.finish, len(args) + 1,
+                                                         owner=("u", row["id"]))
+        sql += f", k AS ({finish_sql})"
         args += finish_args
     record = await conn.fetchrow(sql + " SELECT * FROM u", *args)
     if record is None:
         raise VersionConflict(row["id"])
     return record
+
+
+# payment_orders' column types: a column of many rows is passed as one array of its type.
+COLUMN_TYPES: dict[str, str] = {
+    "id": "text", "merchant_id": "text", "amount": "bigint", "currency": "text", "status": "text",
+    "capture_method": "text", "payment_method": "text", "description": "text", "statement_descriptor": "text",
+    "metadata": "jsonb", "amount_capturable": "bigint", "amount_received": "bigint", "amount_refunded": "bigint",
+    "last_payment_error": "jsonb", "latest_charge": "text", "charge": "jsonb", "canceled_at": "bigint",
+    "cancellation_reason": "text", "client_secret": "text", "created": "bigint", "bank_phase": "text",
+    "auth_stan": "text", "auth_rrn": "text", "auth_transmitted_at": "text", "auth_code": "text",
+    "pending_stan": "text", "pending_rrn": "text", "pending_amount": "bigint",
+    "processing_since": "timestamp with time zone", "version": "integer", "capture_rrn": "text",
+    "captured_at": "timestamp with time zone",
+}
+
+
+def _unnest(columns: Sequence[str], first: int) -> str:
+    """Rows of payment_orders' `columns` from one array parameter per column, numbered from `first`."""
+    arrays = ", ".join(f"${i}::{COLUMN_TYPES[c]}[]" for i, c in enumerate(columns, start=first))
+    return f"unnest({arrays}) AS x({', '.join(columns)})"
 
 
 # Column defaults of payment_orders, for rendering a row before the database has returned it.
@@ -154,29 +180,33 @@ def _own_event(snapshot: Mapping[str, Any], event_type: str, from_status: str | 
 
 
 def _event_and_outbox_sql(source: str, first: int) -> str:
-    """CTEs appending the payment events (in order) and the outbox rows for the row in `source`."""
+    """CTEs appending the payment events and the outbox rows of the rows in `source` (each event
+    names its payment), in the order given: one payment's events keep their order end to end."""
     n = first
     return (
         f", e AS (INSERT INTO payment_events (payment_id, merchant_id, type, from_status, to_status, data) "
-        f"SELECT s.id, s.merchant_id, h.type, h.from_status, h.to_status, h.data FROM {source} s, "
-        f"unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::jsonb[]) WITH ORDINALITY "
-        f"AS h(type, from_status, to_status, data, position) ORDER BY h.position)"
+        f"SELECT s.id, s.merchant_id, h.type, h.from_status, h.to_status, h.data "
+        f"FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::jsonb[]) "
+        f"WITH ORDINALITY AS h(payment_id, type, from_status, to_status, data, position) "
+        f"JOIN {source} s ON s.id = h.payment_id ORDER BY h.position)"
         f", o AS (INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
-        f"SELECT x.id, s.merchant_id, x.type, s.id, x.payload, x.created FROM {source} s, "
-        f"unnest(${n + 4}::text[], ${n + 5}::text[], ${n + 6}::json[], ${n + 7}::bigint[]) "
-        f"AS x(id, type, payload, created))"
+        f"SELECT y.id, s.merchant_id, y.type, s.id, y.payload, y.created "
+        f"FROM unnest(${n + 5}::text[], ${n + 6}::text[], ${n + 7}::text[], ${n + 8}::json[], ${n + 9}::bigint[]) "
+        f"WITH ORDINALITY AS y(payment_id, id, type, payload, created, position) "
+        f"JOIN {source} s ON s.id = y.payment_id ORDER BY y.position)"
     )
 
 
-def _event_and_outbox_args(history: Sequence[PaymentEvent],
+def _event_and_outbox_args(payment_id: str, history: Sequence[PaymentEvent],
                            outbox: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> list[Any]:
     """Arguments for `_event_and_outbox_sql`: the history rows, and each outbox group's events
     rendered from the row as it was at that point."""
     events: list[dict[str, Any]] = []
     for snapshot, types in outbox:
         events += _event_objects(snapshot, types)
-    return [[h.type for h in history], [h.from_status for h in history], [h.to_status for h in history],
-            [dict(h.data) for h in history], *_outbox_args(events)]
+    return [[payment_id] * len(history), [h.type for h in history], [h.from_status for h in history],
+            [h.to_status for h in history], [dict(h.data) for h in history],
+            [payment_id] * len(events), *_outbox_args(events)]
 
 
 def _event_objects(snapshot: Mapping[str, Any], types: Sequence[str]) -> list[dict[str, Any]]:
@@ -209,14 +239,18 @@ async def append_outbox(conn: asyncpg.Connection, merchant_id: str, payment_id: 
 
 
 def _ledger_sql(source: str, first: int) -> str:
+    """A CTE writing the double-entry groups of the rows in `source` (each entry names its payment)."""
     n = first
     return (f", l AS (INSERT INTO ledger_entries (entry_group, merchant_id, payment_id, account, amount, currency, "
-            f"description) SELECT ${n}, s.merchant_id, s.id, x.account, x.amount, s.currency, ${n + 1} "
-            f"FROM {source} s, unnest(${n + 2}::text[], ${n + 3}::bigint[]) AS x(account, amount))")
+            f"description) SELECT g.entry_group, s.merchant_id, s.id, g.account, g.amount, s.currency, g.description "
+            f"FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::bigint[]) "
+            f"AS g(payment_id, entry_group, description, account, amount) JOIN {source} s ON s.id = g.payment_id)")
 
 
-def _ledger_args(movements: Sequence[tuple[str, int]]) -> list[list[Any]]:
-    return as_columns(movements, 2)
+def _ledger_args(payment_id: str, group: str, description: str,
+                 movements: Sequence[tuple[str, int]]) -> list[list[Any]]:
+    count = len(movements)
+    return [[payment_id] * count, [group] * count, [description] * count, *as_columns(movements, 2)]
 
 
 def _check_balanced(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> None:
@@ -240,8 +274,8 @@ async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements:
     _check_balanced(row, movements)
     await conn.execute(
         "WITH s AS (SELECT $1::text AS id, $2::text AS merchant_id, $3::text AS currency)" + _ledger_sql("s", 4)
-        + " SELECT 1", row["id"], row["merchant_id"], row["currency"], new_id("txn"), description,
-        *_ledger_args(movements))
+        + " SELECT 1", row["id"], row["merchant_id"], row["currency"],
+        *_ledger_args(row["id"], new_id("txn"), description, movements))
 
 
 class BankIds:
