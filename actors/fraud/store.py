@@ -2,7 +2,7 @@
 back into the windows when a scorer (re)starts.
 
 Writes never sit on the scoring path: `AttemptWriter` buffers rows in memory and the scorer flushes
-them every `FLUSH_INTERVAL_S` with one `executemany` per batch. An attempt's bank result usually
+them every `FLUSH_INTERVAL_S`, one statement per table and batch. An attempt's bank result usually
 arrives before its row is flushed and is merged into it; a later one becomes an UPDATE. A crash
 loses at most the last unflushed interval (about 100 ms of attempts), which the windows tolerate:
 they are thresholds, not a ledger.
