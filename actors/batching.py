@@ -148,8 +148,9 @@ class RowBatcher:
     A call's first parameter must hold exactly the `key` of the one row it returns (or would have
     returned: no row is an answer too, e.g. a version check that failed). The statement is all or
     nothing: a batch PostgreSQL rejects runs again call by call, so each caller gets its own
-    outcome; so does a batch that names one key twice (its rows could not be told apart). A
-    connection lost mid-batch fails every caller of that batch, as it would have failed each alone."""
+    outcome; a batch that names one key twice (its rows could not be told apart) runs call by call
+    in the order the calls were made. A connection lost mid-batch fails every caller of that
+    batch, as it would have failed each alone."""
 
     def __init__(self, pool: asyncpg.Pool, key: str = "id", max_items: int = 64, max_in_flight: int = 1) -> None:
         self.pool, self.key = pool, key
@@ -165,7 +166,9 @@ class RowBatcher:
 
     async def _run(self, sql: str, batch: list[tuple[list[Any], ...]]) -> list[asyncpg.Record | BaseException | None]:
         keys = [args[0][0] for args in batch]
-        if len(batch) == 1 or len(set(keys)) < len(batch):
+        if len(set(keys)) < len(batch):  # one key twice: its rows could not be told apart
+            return await self._in_call_order(sql, batch)
+        if len(batch) == 1:
             return await self._one_by_one(sql, batch)
         merged = [[value for column in columns for value in column] for columns in zip(*batch, strict=True)]
         try:
@@ -178,3 +181,11 @@ class RowBatcher:
     async def _one_by_one(self, sql: str,
                           batch: list[tuple[list[Any], ...]]) -> list[asyncpg.Record | BaseException | None]:
         return await gather_outcomes([self.pool.fetchrow(sql, *args) for args in batch])
+
+    async def _in_call_order(self, sql: str,
+                             batch: list[tuple[list[Any], ...]]) -> list[asyncpg.Record | BaseException | None]:
+        """Each call after the one before it: two calls on one row get their outcomes in the order made."""
+        outcomes: list[asyncpg.Record | BaseException | None] = []
+        for args in batch:
+            outcomes += await self._one_by_one(sql, [args])
+        return outcomes

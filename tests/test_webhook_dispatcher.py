@@ -78,3 +78,27 @@ def test_without_a_free_slot_new_payments_wait_for_the_claim(dispatcher: Webhook
         assert _queued(dispatcher) == {"pi_a": [1, 4], "pi_b": [2]}  # an existing chain takes no new slot
 
     asyncio.run(scenario())
+
+
+def test_an_earlier_delivery_this_dispatcher_recorded_no_longer_holds_the_payment(
+        dispatcher: WebhookDispatcher) -> None:
+    """The check for earlier pending deliveries reads a snapshot taken before the new events are
+    queued: a delivery this dispatcher recorded as delivered meanwhile (its chain ended) may still
+    look pending there. It does not send the payment's next event to the claim."""
+    async def scenario() -> None:
+        dispatcher._remember_delivered([1])
+        released = dispatcher._queue([_delivery(2, "pi_a")], [_earlier(1, "pi_a")])
+        assert released == []
+        assert _queued(dispatcher) == {"pi_a": [2]}
+        # One still pending besides it does hold the payment back.
+        assert dispatcher._queue([_delivery(4, "pi_b")], [_earlier(1, "pi_b"), _earlier(3, "pi_b")]) == [4]
+
+    asyncio.run(scenario())
+
+
+def test_the_recently_delivered_are_kept_up_to_a_bound(dispatcher: WebhookDispatcher,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("actors.events.dispatcher.DELIVERED_KEPT", 3)
+    dispatcher._remember_delivered([1, 2])
+    dispatcher._remember_delivered([3, 4, 5])
+    assert list(dispatcher.delivered) == [3, 4, 5]

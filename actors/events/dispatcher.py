@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import asyncpg
@@ -52,6 +53,7 @@ RESPONSE_PREFIX_CHARS = 200
 CLAIM_INTERVAL_S = 0.05
 HEAD_WINDOW = 256  # per endpoint; see _claim_due
 PRUNE_INTERVAL_S = 5.0
+DELIVERED_KEPT = 20_000  # ids of recent deliveries kept (the last several seconds at full load)
 # Leased deliveries handed back: due now, for the claim (which still sends only queue heads).
 _RELEASE = ("UPDATE webhook_deliveries SET next_attempt_at = now() "
             "WHERE id = ANY($1::bigint[]) AND status = 'pending'")
@@ -121,6 +123,10 @@ class WebhookDispatcher:
         self.counters = {"consumed": 0, "delivered": 0, "failed_attempts": 0, "sent_from_batch": 0, "claimed": 0,
                          "released": 0}
         self.chains: dict[tuple[str, str], _Chain] = {}
+        # Deliveries this dispatcher recorded as delivered, newest last (the last DELIVERED_KEPT): a
+        # new event's check for earlier pending deliveries of its payment reads a snapshot that may
+        # predate the commit of one just delivered here, and that one no longer holds it back.
+        self.delivered: dict[int, None] = {}
         self.in_flight: set[asyncio.Task[None]] = set()  # claimed deliveries and chains
         # Set when the claim may find new work (deliveries released to it, a claimed delivery
         # ended, so the next event of its payment may be due): the delivery loop wakes at once
@@ -238,7 +244,8 @@ class WebhookDispatcher:
         for delivery in deliveries:
             key = (delivery["endpoint_id"], delivery["ordering_key"])
             chain = self.chains.get(key)
-            blocked = not blockers.get(key, set()) <= (chain.known if chain else set())
+            pending = blockers.get(key, set()) - (chain.known if chain else set())
+            blocked = any(delivery_id not in self.delivered for delivery_id in pending)
             if blocked or (chain is None and len(self.in_flight) >= self.concurrency):
                 released.append(delivery["id"])
                 continue
@@ -405,9 +412,15 @@ class WebhookDispatcher:
                 await conn.execute(_RELEASE, released)
         if released:
             self._handed_to_claim(released)
+        self._remember_delivered([a.delivery["id"] for a in ok])
         self.counters["delivered"] += len(ok)
         self.counters["failed_attempts"] += len(failed)
         return [None] * len(attempts)
+
+    def _remember_delivered(self, delivery_ids: list[int]) -> None:
+        self.delivered.update(dict.fromkeys(delivery_ids))
+        for oldest in list(islice(self.delivered, max(0, len(self.delivered) - DELIVERED_KEPT))):
+            del self.delivered[oldest]
 
     async def _schedule_retry(self, conn: asyncpg.Connection, delivery: Delivery, status: int | None,
                               error: str | None) -> None:
