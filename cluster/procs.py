@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import resource
 import signal
 import socket
@@ -18,9 +19,37 @@ log = logging.getLogger("paygate.procs")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nothing listens on, for a server about to start. Chosen below the kernel's range for
+    outgoing connections' own ports: one from that range (what binding port 0 gives) can be taken
+    by any outgoing connection between this probe and the server's bind, which once cost a test
+    stack's gateway its port. Ports handed out here are not handed out again by this process."""
+    low = _outgoing_ports_start()
+    for port in random.sample(range(max(1024, low - 12_000), low), min(256, max(0, low - 1024))):
+        if port not in _handed_out and _can_bind(host, port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below the range
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_handed_out: set[int] = set()
+
+
+def _outgoing_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _can_bind(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def raise_open_file_limit(wanted: int | None = None) -> int:
