@@ -83,17 +83,17 @@ async def insert(conn: Writer, values: Mapping[str, Any],
     row = {"id": payment_id, "client_secret": f"{payment_id}_secret_{secrets.token_urlsafe(18)}", **values}
     created = {**_DEFAULTS, **row}
     history = [_own_event(created, "payment_intent.created", None, {})]
-    outbox: list[tuple[Mapping[str, Any], Sequence[str]]] = [(created, ["payment_intent.created"])]
+    events = _event_objects(created, ["payment_intent.created"])
     if then is not None:
         moved = preview(created, then.action, then.changes)
         history.append(_own_event(moved, f"payment_intent.{then.action}", created["status"], {}))
-        outbox.append((moved, then.events))
+        events += _event_objects(moved, then.events)
         row = {**row, **then.changes, "status": moved["status"]}
     columns = list(row)
     args: list[Any] = [[row[c]] for c in columns]
     sql = (f"WITH p AS (INSERT INTO payment_orders ({', '.join(columns)}) SELECT * FROM {_unnest(columns, 1)} "
-           f"RETURNING *)" + _event_and_outbox_sql("p", len(args) + 1))
-    args += _event_and_outbox_args(payment_id, history, outbox)
+           f"RETURNING *)" + event_and_outbox_sql("p", len(args) + 1))
+    args += event_and_outbox_args(payment_id, history, events)
     if recovery_key is not None:
         recovery_sql, recovery_args = idempotency.recovery_point_sql(values["merchant_id"], recovery_key,
                                                                      payment_id, len(args) + 1)
@@ -115,7 +115,7 @@ async def transition(conn: Writer, row: asyncpg.Record, action: Action,
     """Move `row` by `action` (checked against the state machine), under the version check, with its
     payment event, outbox events and whatever comes `along`: one statement, so all or nothing even
     outside a transaction."""
-    _check_balanced(row, along.ledger)
+    check_balanced(row, along.ledger)
     snapshot = preview(row, action, changes)
     changes = {**changes, "status": snapshot["status"]}
     columns = list(changes)
@@ -126,11 +126,11 @@ async def transition(conn: Writer, row: asyncpg.Record, action: Action,
         history.insert(0, along.earlier)
     sql = (f"WITH u AS (UPDATE payment_orders p SET {sets}, version = p.version + 1 "
            f"FROM {_unnest(['id', 'version', *columns], 1)} WHERE p.id = x.id AND p.version = x.version "
-           f"RETURNING p.*)" + _event_and_outbox_sql("u", len(args) + 1))
-    args += _event_and_outbox_args(row["id"], history, [(snapshot, events)])
+           f"RETURNING p.*)" + event_and_outbox_sql("u", len(args) + 1))
+    args += event_and_outbox_args(row["id"], history, _event_objects(snapshot, events))
     if along.ledger:
-        sql += _ledger_sql("u", len(args) + 1)
-        args += _ledger_args(row["id"], new_id("txn"), along.ledger_description, along.ledger)
+        sql += ledger_sql("u", len(args) + 1)
+        args += ledger_args(row["id"], new_id("txn"), along.ledger_description, along.ledger)
     if along.recovery is not None:
         recovery_sql, recovery_args = idempotency.recovery_point_sql(row["merchant_id"], along.recovery, row["id"],
                                                                      len(args) + 1, only_if="u")
@@ -179,7 +179,7 @@ def _own_event(snapshot: Mapping[str, Any], event_type: str, from_status: str | 
     return PaymentEvent(event_type, from_status, snapshot["status"], data)
 
 
-def _event_and_outbox_sql(source: str, first: int) -> str:
+def event_and_outbox_sql(source: str, first: int) -> str:
     """CTEs appending the payment events and the outbox rows of the rows in `source` (each event
     names its payment), in the order given: one payment's events keep their order end to end."""
     n = first
@@ -197,13 +197,9 @@ def _event_and_outbox_sql(source: str, first: int) -> str:
     )
 
 
-def _event_and_outbox_args(payment_id: str, history: Sequence[PaymentEvent],
-                           outbox: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> list[Any]:
-    """Arguments for `_event_and_outbox_sql`: the history rows, and each outbox group's events
-    rendered from the row as it was at that point."""
-    events: list[dict[str, Any]] = []
-    for snapshot, types in outbox:
-        events += _event_objects(snapshot, types)
+def event_and_outbox_args(payment_id: str, history: Sequence[PaymentEvent],
+                          events: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Arguments for `event_and_outbox_sql`: one payment's history rows and its rendered outbox events."""
     return [[payment_id] * len(history), [h.type for h in history], [h.from_status for h in history],
             [h.to_status for h in history], [dict(h.data) for h in history],
             [payment_id] * len(events), *_outbox_args(events)]
@@ -229,7 +225,7 @@ def _outbox_args(events: Sequence[Mapping[str, Any]]) -> list[Any]:
 
 async def append_outbox(conn: asyncpg.Connection, merchant_id: str, payment_id: str,
                         events: Sequence[Mapping[str, Any]]) -> None:
-    """Outbox rows written outside a transition (refunds, reviews), in the caller's transaction.
+    """Outbox rows written outside a transition (reviews), in the caller's transaction.
     Keyed by the payment, like its own events: one payment's events stay in order end to end."""
     await conn.execute(
         "INSERT INTO outbox_events (id, merchant_id, type, object_id, payload, created) "
@@ -238,7 +234,7 @@ async def append_outbox(conn: asyncpg.Connection, merchant_id: str, payment_id: 
         merchant_id, payment_id, *_outbox_args(events))
 
 
-def _ledger_sql(source: str, first: int) -> str:
+def ledger_sql(source: str, first: int) -> str:
     """A CTE writing the double-entry groups of the rows in `source` (each entry names its payment)."""
     n = first
     return (f", l AS (INSERT INTO ledger_entries (entry_group, merchant_id, payment_id, account, amount, currency, "
@@ -247,13 +243,13 @@ def _ledger_sql(source: str, first: int) -> str:
             f"AS g(payment_id, entry_group, description, account, amount) JOIN {source} s ON s.id = g.payment_id)")
 
 
-def _ledger_args(payment_id: str, group: str, description: str,
+def ledger_args(payment_id: str, group: str, description: str,
                  movements: Sequence[tuple[str, int]]) -> list[list[Any]]:
     count = len(movements)
     return [[payment_id] * count, [group] * count, [description] * count, *as_columns(movements, 2)]
 
 
-def _check_balanced(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> None:
+def check_balanced(row: Mapping[str, Any], movements: Sequence[tuple[str, int]]) -> None:
     if sum(amount for _, amount in movements) != 0:
         raise ValueError(f"unbalanced ledger group for {row['id']}: {movements}")
 
@@ -265,17 +261,6 @@ async def append_event(conn: asyncpg.Connection, row: asyncpg.Record, event_type
         "VALUES ($1, $2, $3, $4, $5, $6)",
         row["id"], row["merchant_id"], event_type, from_status, row["status"], dict(data),
     )
-
-
-async def write_ledger(conn: asyncpg.Connection, row: asyncpg.Record, movements: Sequence[tuple[str, int]],
-                       description: str) -> None:
-    """One double-entry group outside a transition (refunds): the amounts must sum to zero. The
-    same INSERT as a transition's `Along.ledger`, on the payment row's ids."""
-    _check_balanced(row, movements)
-    await conn.execute(
-        "WITH s AS (SELECT $1::text AS id, $2::text AS merchant_id, $3::text AS currency)" + _ledger_sql("s", 4)
-        + " SELECT 1", row["id"], row["merchant_id"], row["currency"],
-        *_ledger_args(row["id"], new_id("txn"), description, movements))
 
 
 class BankIds:

@@ -122,7 +122,9 @@ async def _book_capture(conn: asyncpg.Connection, row: asyncpg.Record, record: R
 async def _book_refund(conn: asyncpg.Connection, refund: asyncpg.Record, record: Record,
                        file: SettlementFile) -> Resolution:
     """What the refund pipeline books for an approved refund, from the file instead."""
-    refund, _ = await book_refund(conn, refund, _bank_fields(record, file))
+    payment = await conn.fetchrow("SELECT * FROM payment_orders WHERE id = $1 FOR UPDATE", refund["payment_id"])
+    booked = await book_refund(conn, refund, payment, _bank_fields(record, file))
+    assert booked is not None  # the refund is locked pending, the payment locked at this version
     return Resolution("refund", record.rrn, refund["id"], "refund_booked",
                       {"amount": refund["amount"], "currency": refund["currency"], "payment": refund["payment_id"],
                        "line": record.line})
