@@ -112,8 +112,8 @@ def test_refunds_merged_in_one_batch_each_write_their_own_and_a_stale_one_nothin
 
 def test_a_refund_the_bank_declines_fails_with_its_event(api: httpx.Client, stack_info: StackInfo) -> None:
     """The bank's books say the charge was already refunded (outside paygate): it declines (13,
-    invalid amount), and the refund is `failed` with that reason, the payment untouched,
-    `refund.failed` in the outbox."""
+    invalid amount), and the refund is `failed` (`declined`, one of Stripe's failure reasons), the
+    payment untouched, `refund.failed` in the outbox."""
     payment_id = _captured_payment(api, 3000)
     [payment] = ledger(stack_info, "SELECT auth_rrn FROM payment_orders WHERE id = $1", payment_id)
     with sqlite3.connect(stack_info.bank_journal) as journal:
@@ -122,7 +122,7 @@ def test_a_refund_the_bank_declines_fails_with_its_event(api: httpx.Client, stac
     response = api.post("/v1/refunds", data={"payment_intent": payment_id, "amount": "1000"})
     assert response.status_code == 200, response.text
     refund = response.json()
-    assert (refund["status"], refund["failure_reason"], refund["amount"]) == ("failed", "invalid_amount", 1000)
+    assert (refund["status"], refund["failure_reason"], refund["amount"]) == ("failed", "declined", 1000)
     assert api.get(f"/v1/refunds/{refund['id']}").json() == refund
     written = _history(stack_info, payment_id)
     assert written["refunded"] == 0 and written["ledger"] == []
@@ -131,3 +131,11 @@ def test_a_refund_the_bank_declines_fails_with_its_event(api: httpx.Client, stac
     # Nothing is reserved by a failed refund: the whole charge can still be refunded in the ledger.
     again = api.post("/v1/refunds", data={"payment_intent": payment_id, "amount": "3000"})
     assert again.status_code == 200 and again.json()["status"] == "failed"
+
+
+def test_failure_reasons_are_stripes() -> None:
+    assert refunds.failure_reason("stolen_card") == "lost_or_stolen_card"
+    assert refunds.failure_reason("expired_card") == "expired_or_canceled_card"
+    assert refunds.failure_reason("insufficient_funds") == "insufficient_funds"
+    assert refunds.failure_reason("invalid_amount") == "declined"
+    assert refunds.failure_reason(None) == "unknown"

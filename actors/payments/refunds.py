@@ -27,6 +27,10 @@ from actors.payments.messages import Idempotency, PaymentCommand, Reply
 from actors.payments.operations import Ports, failure
 from actors.payments.render import charge_object, dumps, event_object
 
+# The bank's decline code -> the refund's failure_reason, among the values Stripe gives it.
+_FAILURE_REASONS = {"lost_card": "lost_or_stolen_card", "stolen_card": "lost_or_stolen_card",
+                    "expired_card": "expired_or_canceled_card", "insufficient_funds": "insufficient_funds"}
+
 BOOK_ATTEMPTS = 3  # an outcome meets a payment moved on (another refund booked from the settlement file)
 
 # refunds' columns as a refund is created, and their types: a column of many rows is one array.
@@ -142,6 +146,10 @@ async def _fail_refund(writer: store.Writer, refund: Mapping[str, Any], payment:
                                                    finish=finish)))
 
 
+def failure_reason(decline_code: str | None) -> str:
+    return _FAILURE_REASONS.get(decline_code, "declined") if decline_code else "unknown"
+
+
 def _flat(statement: tuple[str, list[Any]]) -> list[Any]:
     sql, args = statement
     return [sql, *args]
@@ -215,7 +223,7 @@ class Refunds:
                 reply = Reply(200, dumps(refund_object({**refund, "status": "succeeded"})))
                 written = await book_refund(self.ports.rows, refund, payment, bank, _finish(idem, reply))
             else:
-                reason = (outcome.response.decline_code if outcome.response else None) or "unknown"
+                reason = failure_reason(outcome.response.decline_code if outcome.response else None)
                 reply = Reply(200, dumps(refund_object({**refund, "status": "failed", "failure_reason": reason})))
                 written = await _fail_refund(self.ports.rows, refund, payment, reason, bank, _finish(idem, reply))
             if written is not None:
@@ -242,4 +250,4 @@ def _finish(idem: Idempotency | None, reply: Reply) -> tuple[Idempotency, Reply]
     return (idem, reply) if idem else None
 
 
-__all__ = ["Refunds", "book_refund", "create_refund", "failure", "refund_object"]
+__all__ = ["Refunds", "book_refund", "create_refund", "failure", "failure_reason", "refund_object"]
