@@ -13,13 +13,18 @@ BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 _WIDTH = 22  # ceil(128 / log2(62))
 
 
+_PAIRS = [high + low for high in BASE62_ALPHABET for low in BASE62_ALPHABET]  # two digits per division
+
+
 def base62(value: int, width: int) -> str:
     """`value` in base 62, left-padded to `width` (higher digits beyond it are dropped)."""
-    chars = []
-    for _ in range(width):
-        value, rem = divmod(value, 62)
-        chars.append(BASE62_ALPHABET[rem])
-    return "".join(reversed(chars))
+    chunks = []
+    for _ in range(width >> 1):
+        value, rem = divmod(value, 62 * 62)
+        chunks.append(_PAIRS[rem])
+    if width & 1:
+        chunks.append(BASE62_ALPHABET[value % 62])
+    return "".join(reversed(chunks))
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:

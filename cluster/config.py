@@ -63,6 +63,7 @@ class Config:
     webhook_timeout_s: float = 10.0
     direct_calls: bool = True  # hot actor calls over a Unix socket on the node (actors/direct.py)
     pg_stat_statements: bool = False  # local ledger PostgreSQL: load pg_stat_statements (bench --profile)
+    sched_batch: bool = True  # a local stack's processes under Linux's SCHED_BATCH (cluster.procs.schedule_as_batch)
     # Ports used by the local stack for the parts it starts itself (0 = pick a free one).
     local_ports: Mapping[str, int] = field(default_factory=dict)
 
@@ -206,4 +207,5 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         webhook_timeout_s=_float(env, "PAYGATE_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 120),
         direct_calls=_int(env, "PAYGATE_DIRECT_CALLS", 1, 0, 1) == 1,
         pg_stat_statements=_int(env, "PAYGATE_PG_STAT_STATEMENTS", 0, 0, 1) == 1,
+        sched_batch=_int(env, "PAYGATE_SCHED_BATCH", 1, 0, 1) == 1,
     )

@@ -28,7 +28,7 @@ from cluster.config import Config, HostPort
 from cluster.merchants import create_merchant
 from cluster.migrate import apply_migrations
 from cluster.postgres import EmbeddedPostgres
-from cluster.procs import ChildProcess, free_port
+from cluster.procs import ChildProcess, free_port, schedule_as_batch
 from cluster.secrets import ensure_admin_key, write_secret_file
 
 log = logging.getLogger("paygate.stack")
@@ -79,6 +79,8 @@ class LocalStack:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.sched_batch:
+            schedule_as_batch()  # before anything starts: every process of the stack inherits it
         try:
             admin_key = ensure_admin_key(cfg)
             ledger_dsn = cfg.ledger_dsn or self._start_postgres("ledger")

@@ -1,15 +1,21 @@
-"""cluster/procs.py: ports for the servers a stack starts."""
+"""cluster/procs.py: ports for the servers a stack starts, and the scheduling policy they run under."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cluster import procs
+from cluster.config import load_config
 from cluster.procs import free_port
+from cluster.stack import LocalStack
 
 
 def _outgoing_ports_start() -> int:
@@ -38,3 +44,26 @@ def test_a_port_something_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch)
 
         monkeypatch.setattr(procs.random, "sample", busy_first)
         assert free_port() != busy_port
+
+
+def test_every_process_of_the_stack_runs_under_sched_batch(live_stack: LocalStack) -> None:
+    """Set before anything starts, the policy reaches each process the stack started: databases,
+    broker, bank, Ray and its actors, the gateway."""
+    stack = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+    assert live_stack.gateway is not None and live_stack.banksim is not None
+    pids = {p.pid for p in stack}
+    assert {live_stack.gateway.pid, live_stack.banksim.pid} <= pids
+    assert {"postgres", "ray::PaymentShard", "ray::CardVault"} <= {p.name() for p in stack}
+    policies = {(p.pid, p.name()): os.sched_getscheduler(p.pid) for p in stack}
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+
+
+def test_the_policy_is_inherited_and_can_be_turned_off() -> None:
+    child = ("import os; from cluster.procs import schedule_as_batch; assert schedule_as_batch(); "
+             "import subprocess, sys; print(subprocess.run([sys.executable, '-c', "
+             "'import os; print(os.sched_getscheduler(0))'], capture_output=True, text=True).stdout.strip())")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.stdout.strip() == str(os.SCHED_BATCH)
+    assert load_config({"PAYGATE_SCHED_BATCH": "0"}).sched_batch is False
+    assert load_config({}).sched_batch is True

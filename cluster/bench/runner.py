@@ -33,7 +33,8 @@ from cluster.bench.receiver import ReceiverProcess
 from cluster.bench.report import print_report, ratios, resources, throughput, write
 from cluster.bench.scenarios import SCENARIOS
 from cluster.bench.stats import Recorder
-from cluster.procs import raise_open_file_limit
+from cluster.config import load_config
+from cluster.procs import raise_open_file_limit, schedule_as_batch
 
 
 @dataclass
@@ -99,6 +100,8 @@ def run_bench(options: BenchOptions, target: Target | None = None) -> BenchResul
     raise_open_file_limit(open_files_for(options.concurrency))  # a local stack started from here inherits it
     launched = None
     if target is None:
+        if load_config().sched_batch:
+            schedule_as_batch()  # the load and the receiver share the cores with the stack: under its policy
         # --profile also reads the ledger's time per statement, which needs pg_stat_statements loaded.
         launched = LaunchedStack(options.bank_latency_ms, options.keep_data,
                                  env={"PAYGATE_PG_STAT_STATEMENTS": "1"} if options.profile else None)
