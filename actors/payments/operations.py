@@ -25,6 +25,7 @@ from actors.payments import idempotency, store
 from actors.payments.messages import CARD_FACTS, Idempotency, PaymentCommand, Reply
 from actors.payments.render import dumps, payment_intent_object
 from actors.payments.risk import RiskAssessor, RiskDecision
+from actors.payments.states import Action
 
 log = logging.getLogger("paygate.payments")
 
@@ -203,10 +204,7 @@ class Operations:
         in a transaction only when a review must open with it."""
         events = ["payment_intent.amount_capturable_updated"]
         if not needs_review(changes):
-            reply = ok(store.preview(row, "bank_approved", changes))
-            await store.transition(self.ports.rows, row, "bank_approved", changes, events=events, bank=bank,
-                                   along=store.Along(finish=(idem, reply) if idem else None))
-            return reply
+            return await self._book(row, "bank_approved", changes, events, idem, bank=bank)
         async with self.ports.pool.acquire() as conn, conn.transaction():
             row = await store.transition(conn, row, "bank_approved", changes, events=events, bank=bank)
             await open_if_flagged(conn, row)  # manual_review: review.opened with the approval
@@ -306,13 +304,8 @@ class Operations:
         if row["status"] == "processing" and recovery_point:
             return await self.resolve(row, cmd)
         if row["status"] in ("requires_payment_method", "requires_confirmation"):
-            async with self.ports.pool.acquire() as conn, conn.transaction():
-                row = await store.transition(conn, row, "cancel", {
-                    "canceled_at": int(time.time()), "cancellation_reason": cmd.cancellation_reason,
-                }, events=["payment_intent.canceled"])
-                reply = ok(row)
-                await idempotency.finish(conn, cmd.merchant_id, cmd.idempotency, reply)
-            return reply
+            changes = {"canceled_at": int(time.time()), "cancellation_reason": cmd.cancellation_reason}
+            return await self._book(row, "cancel", changes, ["payment_intent.canceled"], cmd.idempotency)
         if row["status"] != "requires_capture":
             raise unexpected_state(row, "cancel")
         [(stan, _)] = await self.ports.bank_ids.take()
@@ -328,14 +321,18 @@ class Operations:
         outcome: BankOutcome = await self.ports.link.send(request)
         if outcome.status in ("unknown", "failed"):
             return failure(_processing_error_unknown(row))
-        async with self.ports.pool.acquire() as conn, conn.transaction():
-            row = await store.transition(conn, row, "canceled", {
-                "bank_phase": None, "processing_since": None, "amount_capturable": 0,
-                "canceled_at": int(time.time()), "pending_stan": None, "pending_rrn": None, "pending_amount": None,
-            }, events=["payment_intent.canceled"], bank=_raw(outcome))
-            reply = ok(row)
-            if cmd:
-                await idempotency.finish(conn, row["merchant_id"], cmd.idempotency, reply)
+        changes = {"bank_phase": None, "processing_since": None, "amount_capturable": 0,
+                   "canceled_at": int(time.time()), "pending_stan": None, "pending_rrn": None, "pending_amount": None}
+        return await self._book(row, "canceled", changes, ["payment_intent.canceled"],
+                                cmd.idempotency if cmd else None, bank=_raw(outcome))
+
+    async def _book(self, row: asyncpg.Record, action: Action, changes: dict[str, Any], events: list[str],
+                    idem: Idempotency | None, bank: dict[str, Any] | None = None) -> Reply:
+        """A transition whose reply is the moved PaymentIntent: the row, its events and the stored
+        reply in one statement, batched with other payments' of that shape."""
+        reply = ok(store.preview(row, action, changes))
+        await store.transition(self.ports.rows, row, action, changes, events=events, bank=bank,
+                               along=store.Along(finish=(idem, reply) if idem else None))
         return reply
 
     # ---- recovery --------------------------------------------------------------------------
