@@ -7,12 +7,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
+import ray
 
-from cluster.stack import StackInfo
+from actors.payments import idempotency
+from actors.payments.messages import Idempotency, PaymentCommand
+from actors.payments.shard import shard_index
+from actors.registry import shard_name
+from cluster.db import create_pool
+from cluster.stack import LocalStack, StackInfo
 from tests.bank import (
     SLOW_CARD,
     assert_bank_matches_ledger,
@@ -293,3 +300,44 @@ def test_cancel_and_capture_race_settles_once_at_the_bank(base_url: str, merchan
         assert final == "succeeded" and bank.kinds() == ["capture"] and bank.captured == 2500
     assert payment_row(stack_info, pi["id"])["bank_phase"] is None
     assert bank_view(stack_info, row["auth_rrn"]).authorization is not None
+
+
+def test_the_gateway_re_sending_a_call_whose_answer_it_lost_gets_that_answer(
+        live_stack: LocalStack, api: httpx.Client, merchant: Merchant, stack_info: StackInfo) -> None:
+    """The merchant sent no key, so the gateway made one up. The shard ran the call, but its answer
+    was lost (the shard died after its last write, or the connection did): the gateway sends the
+    call again, and gets the first attempt's answer, not a second payment."""
+    config = live_stack.resolved
+    shard = ray.get_actor(shard_name(shard_index(merchant.id, config.shards)), namespace=config.ray_namespace)
+    key = Idempotency(f"{idempotency.INTERNAL_KEY_PREFIX}{uuid.uuid4().hex}", "hash", "POST", "/v1/payment_intents",
+                      internal=True)
+    cmd = PaymentCommand("create", merchant.id, amount=1300, currency="usd", confirm=True,
+                         payment_method=tokenize(api, "4242424242424242"), idempotency=key)
+    first = ray.get(shard.execute.remote(cmd), timeout=60)
+    again = ray.get(shard.execute.remote(replace(cmd, idempotency=replace(key, retry=True))), timeout=60)
+    assert first.status == 200, first.body
+    assert (again.status, again.body) == (first.status, first.body)
+    assert len(merchant_payments(stack_info, merchant.id)) == 1
+    assert len(merchant_authorizations(stack_info, merchant.id)) == 1
+
+
+def test_gateway_made_keys_are_purged_after_minutes_a_merchants_lookalike_after_a_day(
+        merchant: Merchant, stack_info: StackInfo) -> None:
+    internal, lookalike = f"gw:{uuid.uuid4().hex}", f"gw:{uuid.uuid4().hex}"
+
+    async def run() -> int:
+        pool = await create_pool(stack_info.ledger_dsn, min_size=1, max_size=1)
+        try:
+            await pool.execute(
+                "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
+                "response_code, response_body, internal, created_at) SELECT $1, k, 'POST', '/v1/payment_intents', "
+                "'h', 200, '{}'::bytea, i, now() - interval '1 hour' FROM unnest($2::text[], $3::boolean[]) AS x(k, i)",
+                merchant.id, [internal, lookalike], [True, False])
+            return await idempotency.purge_expired(pool, internal_keep_s=1800)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) >= 1
+    left = ledger(stack_info, "SELECT key FROM idempotency_keys WHERE merchant_id = $1 AND key = ANY($2)",
+                  merchant.id, [internal, lookalike])
+    assert [r["key"] for r in left] == [lookalike]

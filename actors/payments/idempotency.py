@@ -22,9 +22,13 @@ def needs_claim(idem: Idempotency) -> bool:
     """A merchant's key is claimed before anything runs; a gateway-made key only when the gateway
     re-sends a call it lost (its first attempt can only be found through the key)."""
     return idem.retry or not idem.internal
-# Keys the gateway makes up when the merchant sent none: they exist only so that a crashed call
-# can be resumed, and are deleted as soon as the call finishes.
+# Keys the gateway makes up when the merchant sent none (marked `internal`: a merchant's own key
+# may look the same): they exist only so that the gateway can re-send a call it lost (the shard
+# died, or the connection did, the answer unread) and get the first attempt's answer, or resume
+# it. Kept at least this long, far longer than the gateway retries (2 x the acquirer timeout +
+# 20 s: 40 s by default; see PaymentShard for longer timeouts).
 INTERNAL_KEY_PREFIX = "gw:"
+INTERNAL_KEEP_S = 600.0
 
 ClaimKind = Literal["fresh", "resume", "replay", "in_progress", "mismatch"]
 
@@ -38,9 +42,9 @@ class Claim:
 
 async def claim(pool: asyncpg.Pool, merchant_id: str, idem: Idempotency, stale_after_s: float) -> Claim:
     inserted = await pool.fetchval(  # the common case, a new key: one statement, no transaction
-        "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, locked_at) "
-        "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING RETURNING 1",
-        merchant_id, idem.key, idem.method, idem.path, idem.request_hash,
+        "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, internal, "
+        "locked_at) VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING RETURNING 1",
+        merchant_id, idem.key, idem.method, idem.path, idem.request_hash, idem.internal,
     )
     if inserted:
         return Claim("fresh")
@@ -89,38 +93,45 @@ def recovery_point_sql(merchant_id: str, idem: Idempotency, object_id: str, firs
     n = first
     guard = f"k.recovery_point IN (SELECT id FROM {only_if})" if only_if else "true"
     return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
-            f"recovery_point, locked_at) SELECT k.*, now() FROM unnest(${n}::text[], ${n + 1}::text[], "
-            f"${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[]) "
-            f"AS k(merchant_id, key, method, path, hash, recovery_point) WHERE {guard} "
+            f"recovery_point, internal, locked_at) SELECT k.*, now() FROM unnest(${n}::text[], ${n + 1}::text[], "
+            f"${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[], ${n + 6}::boolean[]) "
+            f"AS k(merchant_id, key, method, path, hash, recovery_point, internal) WHERE {guard} "
             f"ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
-            [[merchant_id], [idem.key], [idem.method], [idem.path], [idem.request_hash], [object_id]])
+            [[merchant_id], [idem.key], [idem.method], [idem.path], [idem.request_hash], [object_id],
+             [idem.internal]])
 
 
 def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int,
                owner: tuple[str, str] | None = None) -> tuple[str, list[Any]]:
-    """Store the reply for replays — or, for a gateway-made key, drop the key (nobody can replay it).
-    Written for many rows, like `recovery_point_sql`; parameters numbered from `first`. With
-    `owner` (a CTE's name, the object's id) only when that object is among the CTE's rows."""
+    """Store the reply for replays: to the merchant retrying with its key, or, for a key the
+    gateway made up, to the gateway re-sending a call whose answer it lost (kept for
+    `INTERNAL_KEEP_S`; such a key was never claimed, so it is written here if need be). Written
+    for many rows, like `recovery_point_sql`; parameters numbered from `first`. With `owner` (a
+    CTE's name, the object's id) only when that object is among the CTE's rows."""
     n = first
-    keys = f"${n}::text[], ${n + 1}::text[]"
-    args: list[Any] = [[merchant_id], [idem.key]]
-    columns = "merchant_id, key"
-    if not idem.internal:
-        keys += f", ${n + 2}::integer[], ${n + 3}::bytea[]"
-        args += [[reply.status], [reply.body]]
-        columns += ", code, body"
-    guard = ""
-    if owner is not None:
-        keys += f", ${n + len(args)}::text[]"
-        args.append([owner[1]])
-        columns += ", owner"
-        guard = f" AND f.owner IN (SELECT id FROM {owner[0]})"
-    rows = f"unnest({keys}) AS f({columns})"
-    match = f"i.merchant_id = f.merchant_id AND i.key = f.key{guard}"
+    arrays = ["text", "text", "integer", "bytea"]
+    args: list[Any] = [[merchant_id], [idem.key], [reply.status], [reply.body]]
+    columns = ["merchant_id", "key", "code", "body"]
     if idem.internal:
-        return f"DELETE FROM idempotency_keys i USING {rows} WHERE {match}", args
+        arrays += ["text", "text", "text"]
+        args += [[idem.method], [idem.path], [idem.request_hash]]
+        columns += ["method", "path", "hash"]
+    guard = "true"
+    if owner is not None:
+        arrays.append("text")
+        args.append([owner[1]])
+        columns.append("owner")
+        guard = f"f.owner IN (SELECT id FROM {owner[0]})"
+    unnest = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(arrays, start=n))
+    rows = f"unnest({unnest}) AS f({', '.join(columns)})"
+    if idem.internal:
+        return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
+                f"response_code, response_body, internal) SELECT f.merchant_id, f.key, f.method, f.path, f.hash, "
+                f"f.code, f.body, true FROM {rows} WHERE {guard} ON CONFLICT (merchant_id, key) DO UPDATE SET "
+                f"response_code = EXCLUDED.response_code, response_body = EXCLUDED.response_body, locked_at = NULL",
+                args)
     return (f"UPDATE idempotency_keys i SET response_code = f.code, response_body = f.body, locked_at = NULL "
-            f"FROM {rows} WHERE {match}", args)
+            f"FROM {rows} WHERE i.merchant_id = f.merchant_id AND i.key = f.key AND {guard}", args)
 
 
 async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: Idempotency | None,
@@ -140,8 +151,13 @@ def _flat(statement: tuple[str, list[Any]]) -> list[Any]:
     return [sql, *args]
 
 
-async def purge_expired(pool: asyncpg.Pool) -> int:
-    result = await pool.execute(
+async def purge_expired(pool: asyncpg.Pool, internal_keep_s: float = INTERNAL_KEEP_S) -> int:
+    """Drop answered keys past their time: a merchant's after `KEEP_HOURS`, a gateway-made one
+    after `internal_keep_s` (answered or not: the gateway stopped retrying it long before)."""
+    merchants = await pool.execute(
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1) "
         "AND response_code IS NOT NULL", KEEP_HOURS)
-    return int(result.split()[-1])
+    internal = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE internal AND created_at < now() - make_interval(secs => $1)",
+        internal_keep_s)
+    return int(merchants.split()[-1]) + int(internal.split()[-1])

@@ -174,7 +174,9 @@ class PaymentShard(DirectCallable):
         while True:
             try:
                 await self.recover()
-                await idempotency.purge_expired(self.pool)  # type: ignore[arg-type]
+                # Gateway-made keys outlive the gateway's retries (2 x acquirer timeout + 20 s).
+                await idempotency.purge_expired(self.pool, max(idempotency.INTERNAL_KEEP_S,  # type: ignore[arg-type]
+                                                               4 * self.stale_after_s))
             except Exception:
                 log.exception("recovery pass failed; retrying")
             await asyncio.sleep(RECOVERY_INTERVAL_S)
