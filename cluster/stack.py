@@ -79,8 +79,8 @@ class LocalStack:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.sched_batch:
-            schedule_as_batch()  # before anything starts: every process of the stack inherits it
+        if cfg.sched_batch and schedule_as_batch():  # before anything starts: every process inherits it
+            self._say("processes run under SCHED_BATCH (PAYGATE_SCHED_BATCH=0: the default policy)")
         try:
             admin_key = ensure_admin_key(cfg)
             ledger_dsn = cfg.ledger_dsn or self._start_postgres("ledger")
