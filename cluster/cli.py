@@ -38,7 +38,8 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_up(args: argparse.Namespace) -> int:
     config = _config(args)
     config.log_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging("paygate-up", config.log_level, str(config.log_dir / "paygate-up.log"))
+    # The console shows the progress lines (and warnings); the full JSON log goes to the file.
+    setup_logging("paygate-up", config.log_level, str(config.log_dir / "paygate-up.log"), console_level="WARNING")
     print(f"paygate: starting the local stack (data dir {config.data_dir})", flush=True)
     stack = LocalStack(config, progress=True)
     stopping = threading.Event()

@@ -85,9 +85,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
-def setup_logging(process_name: str, level: str = "INFO", log_file: str | None = None) -> None:
-    """Install the JSON formatter and the redaction filter on the root logger of this process."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+def setup_logging(process_name: str, level: str = "INFO", log_file: str | None = None,
+                  console_level: str | None = None) -> None:
+    """Install the JSON formatter and the redaction filter on the root logger of this process;
+    `console_level` keeps the console to that level and up (the file still gets `level`)."""
+    console = logging.StreamHandler(sys.stderr)
+    if console_level:
+        console.setLevel(console_level)
+    handlers: list[logging.Handler] = [console]
     if log_file:
         handlers.append(logging.FileHandler(log_file))
     root = logging.getLogger()

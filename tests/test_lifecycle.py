@@ -32,6 +32,9 @@ def _start_up(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str, li
         if match := re.search(r"test key\s+(sk_test_\w+)", line):
             key = match.group(1)
         if "Press Ctrl-C" in line:
+            # The console carries the progress lines; INFO log records go to the log file only.
+            assert not [text for text in output if '"level":"info"' in text], "".join(output)
+            assert '"level":"info"' in (data_dir / "logs" / "paygate-up.log").read_text()
             descendants = psutil.Process(proc.pid).children(recursive=True)
             return proc, key, descendants
     proc.kill()
