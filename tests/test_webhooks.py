@@ -293,8 +293,18 @@ def test_killing_a_dispatcher_mid_batch_loses_nothing(api: httpx.Client, base_ur
 
 
 def _dispatcher_counters() -> dict[str, int]:
-    stats = ray.get(ray.get_actor(dispatcher_name(0), namespace="paygate").stats.remote())
-    return {key: int(value) for key, value in stats.items()}
+    """The dispatcher's counters once it answers: the test before kills it, and its events can all
+    be delivered while Ray is still restarting it."""
+    dispatcher = ray.get_actor(dispatcher_name(0), namespace="paygate")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            stats = ray.get(dispatcher.stats.remote(), timeout=60)
+            return {key: int(value) for key, value in stats.items()}
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_new_events_leave_from_the_batch_that_recorded_them(api: httpx.Client, base_url: str,
