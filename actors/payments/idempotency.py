@@ -134,12 +134,6 @@ def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int,
             f"FROM {rows} WHERE i.merchant_id = f.merchant_id AND i.key = f.key AND {guard}", args)
 
 
-async def set_recovery_point(conn: asyncpg.Connection, merchant_id: str, idem: Idempotency | None,
-                             object_id: str) -> None:
-    if idem:
-        await conn.execute(*_flat(recovery_point_sql(merchant_id, idem, object_id, 1)))
-
-
 async def finish(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, idem: Idempotency | None,
                  reply: Reply) -> None:
     if idem:

@@ -46,9 +46,12 @@ _LOAD = ("SELECT p.*, (SELECT coalesce(sum(r.amount), 0)::bigint FROM refunds r 
          "FROM unnest($1::text[], $2::text[]) AS x(id, merchant_id) "
          "JOIN payment_orders p ON p.id = x.id AND p.merchant_id = x.merchant_id")
 
+# The payments of the refunds written (`rf`), for the events' and the ledger's joins.
+_THEIR_PAYMENTS = "u AS (SELECT DISTINCT payment_id AS id, merchant_id FROM rf)"
+
 _CREATE = (f"WITH rf AS (INSERT INTO refunds ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
            + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_COLUMNS.values(), start=1))
-           + ") RETURNING *), u AS (SELECT DISTINCT payment_id AS id, merchant_id FROM rf)")
+           + f") RETURNING *), {_THEIR_PAYMENTS}")
 
 # Succeeded: the refund (still pending) and its payment (still at the version its events were
 # rendered from) locked, then both moved. No row back when either changed: nothing is written.
@@ -64,7 +67,7 @@ _SUCCEEDED = (
 _FAILED = (
     "WITH rf AS (UPDATE refunds r SET status = 'failed', failure_reason = x.reason, updated_at = now() "
     "FROM unnest($1::text[], $2::text[]) AS x(id, reason) WHERE r.id = x.id AND r.status = 'pending' "
-    "RETURNING r.*), u AS (SELECT DISTINCT p.id, p.merchant_id FROM rf JOIN payment_orders p ON p.id = rf.payment_id)")
+    f"RETURNING r.*), {_THEIR_PAYMENTS}")
 
 
 def refund_object(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,8 +115,8 @@ async def create_refund(writer: store.Writer, refund: Mapping[str, Any], payment
     args = [[refund[column]] for column in _COLUMNS]
     data = {"amount": refund["amount"]}
     outbox = [event_object("refund.created", refund_object(refund))]
-    row = await writer.fetchrow(*_flat(_statement(_CREATE, args, refund, payment, "refund.created", data, outbox,
-                                                  recovery=recovery)))
+    sql, args = _statement(_CREATE, args, refund, payment, "refund.created", data, outbox, recovery=recovery)
+    row = await writer.fetchrow(sql, *args)
     assert row is not None
     return row
 
@@ -131,8 +134,9 @@ async def book_refund(writer: store.Writer, refund: Mapping[str, Any], payment: 
     outbox = [event_object("refund.updated", refund_object(booked)),
               event_object("charge.refunded", charge_object(moved) or {})]
     args: list[Any] = [[refund["id"]], [payment["id"]], [payment["version"]]]
-    return await writer.fetchrow(*_flat(_statement(_SUCCEEDED, args, refund, payment, "refund.succeeded", bank,
-                                                   outbox, ledger=True, finish=finish)))
+    sql, args = _statement(_SUCCEEDED, args, refund, payment, "refund.succeeded", bank, outbox, ledger=True,
+                           finish=finish)
+    return await writer.fetchrow(sql, *args)
 
 
 async def _fail_refund(writer: store.Writer, refund: Mapping[str, Any], payment: Mapping[str, Any], reason: str,
@@ -142,17 +146,12 @@ async def _fail_refund(writer: store.Writer, refund: Mapping[str, Any], payment:
     failed = {**refund, "status": "failed", "failure_reason": reason}
     outbox = [event_object("refund.failed", refund_object(failed))]
     args: list[Any] = [[refund["id"]], [reason]]
-    return await writer.fetchrow(*_flat(_statement(_FAILED, args, refund, payment, "refund.failed", bank, outbox,
-                                                   finish=finish)))
+    sql, args = _statement(_FAILED, args, refund, payment, "refund.failed", bank, outbox, finish=finish)
+    return await writer.fetchrow(sql, *args)
 
 
 def failure_reason(decline_code: str | None) -> str:
     return _FAILURE_REASONS.get(decline_code, "declined") if decline_code else "unknown"
-
-
-def _flat(statement: tuple[str, list[Any]]) -> list[Any]:
-    sql, args = statement
-    return [sql, *args]
 
 
 def _refundable(payment: Mapping[str, Any], wanted: int | None) -> int:
