@@ -17,6 +17,7 @@ from actors.batching import RowBatcher
 from actors.ids import new_id
 from actors.payments import refunds
 from actors.payments.messages import Idempotency, Reply
+from banksim.journal import Journal
 from cluster.db import create_pool
 from cluster.stack import StackInfo
 from tests.bank import ledger
@@ -36,6 +37,19 @@ def _new_refund(payment: Any, amount: int) -> dict[str, Any]:
             "charge_id": payment["latest_charge"], "amount": amount, "currency": payment["currency"],
             "status": "pending", "reason": None, "metadata": {"probe": "yes"}, "stan": "000001",
             "rrn": uuid.uuid4().hex[:12], "created": int(time.time()), "failure_reason": None}
+
+
+def _refunded_at_the_bank(stack_info: StackInfo, refunded: list[tuple[Any, Any]]) -> None:
+    """The bank's side of the refunds these tests book without sending: in its journal, so that the
+    session's books and the bank still agree (a later test reconciles every merchant)."""
+    journal = Journal(stack_info.bank_journal)
+    try:
+        with journal.transaction():
+            for payment, refund in refunded:
+                journal.add_refund(payment["auth_rrn"], refund["rrn"], refund["stan"], payment["auth_rrn"],
+                                   refund["amount"])
+    finally:
+        journal.close()
 
 
 def _key(path: str) -> Idempotency:
@@ -77,6 +91,8 @@ def test_refunds_merged_in_one_batch_each_write_their_own_and_a_stale_one_nothin
             payments = {p: await pool.fetchrow("SELECT * FROM payment_orders WHERE id = $1", p) for p in payment_ids}
             created = await asyncio.gather(*[
                 refunds.create_refund(rows, _new_refund(payments[p], 500), payments[p], keys[p]) for p in payment_ids])
+            _refunded_at_the_bank(stack_info, [(payments[p], r) for p, r in zip(payment_ids, created, strict=True)
+                                               if p != stale])
             booked = await asyncio.gather(*[
                 refunds.book_refund(rows, refund, {**payments[p], "version": payments[p]["version"] - (p == stale)},
                                     {"39": "00"}, (keys[p], Reply(200, b'{"probe":true}')))
