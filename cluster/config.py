@@ -36,6 +36,7 @@ class Config:
     ledger_dsn: str | None = None
     vault_dsn: str | None = None
     kafka_bootstrap: str | None = None
+    kafka_compression: str | None = "zstd"  # the relay's record batches (None: uncompressed)
     acquirer: HostPort | None = None
     ray_address: str | None = None
     ray_namespace: str = "paygate"
@@ -118,6 +119,17 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     return value
 
 
+# Codecs aiokafka writes (zstd, lz4 and snappy through cramjam); `none` sends batches as they are.
+KAFKA_COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none")
+
+
+def _compression(env: Mapping[str, str], name: str, default: str) -> str | None:
+    raw = (env.get(name) or default).lower()
+    if raw not in KAFKA_COMPRESSIONS:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(KAFKA_COMPRESSIONS)}")
+    return None if raw == "none" else raw
+
+
 def _dsn(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name)
     if not raw:
@@ -180,6 +192,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ledger_dsn=_dsn(env, "PAYGATE_LEDGER_DSN"),
         vault_dsn=_dsn(env, "PAYGATE_VAULT_DSN"),
         kafka_bootstrap=_bootstrap(env, "PAYGATE_KAFKA_BOOTSTRAP"),
+        kafka_compression=_compression(env, "PAYGATE_KAFKA_COMPRESSION", "zstd"),
         acquirer=_host_port(env, "PAYGATE_ACQUIRER"),
         ray_address=env.get("RAY_ADDRESS") or None,
         ray_namespace=env.get("PAYGATE_RAY_NAMESPACE") or "paygate",

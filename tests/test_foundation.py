@@ -155,12 +155,20 @@ def test_api_keys_are_stored_hashed(stack_info: StackInfo, merchant: Merchant) -
 
 
 @pytest.mark.parametrize("name", ["PAYGATE_HTTP_PORT", "PAYGATE_LEDGER_DSN", "PAYGATE_ACQUIRER",
-                                  "PAYGATE_SHARD_CONNECTIONS"])
+                                  "PAYGATE_SHARD_CONNECTIONS", "PAYGATE_KAFKA_COMPRESSION"])
 def test_bad_config_names_the_variable(name: str) -> None:
     from cluster.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=name):
         load_config({name: "not a valid value"})
+
+
+def test_kafka_compression_is_zstd_unless_set() -> None:
+    from cluster.config import load_config
+
+    assert load_config({}).kafka_compression == "zstd"
+    assert load_config({"PAYGATE_KAFKA_COMPRESSION": "LZ4"}).kafka_compression == "lz4"
+    assert load_config({"PAYGATE_KAFKA_COMPRESSION": "none"}).kafka_compression is None
 
 
 def test_a_dsn_may_name_a_unix_socket_directory() -> None:

@@ -1,14 +1,27 @@
-"""The outbox relay's pacing: caught up, it polls once per interval; behind, at once.
+"""The outbox relay's pacing: caught up, it polls once per interval; behind, at once. And what
+it writes to the broker: compressed record batches.
 
 Delivery itself (every event published, in order, again after a broker loss) is tested against the
-real stack in test_webhooks.py; here `relay_once` is replaced so that only the loop around it runs."""
+real stack in test_webhooks.py; for the pacing `relay_once` is replaced so that only the loop
+around it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+
+import httpx
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.record.memory_records import MemoryRecords
 
 from actors.events.relay import POLL_INTERVAL_S, OutboxRelay
+from cluster.broker import EVENTS_TOPIC, TOPICS
+from cluster.stack import StackInfo
 
 
 def _poll_times(batches: list[int], batch_size: int) -> list[float]:
@@ -41,3 +54,50 @@ def test_a_caught_up_relay_waits_out_the_interval_and_one_behind_polls_at_once()
     after_partial, after_full, after_full_again, after_empty, after_one = gaps
     assert min(after_partial, after_empty, after_one) >= 0.9 * POLL_INTERVAL_S, gaps
     assert max(after_full, after_full_again) < POLL_INTERVAL_S / 2, gaps
+
+
+def test_the_relay_writes_its_events_as_zstd_batches(stack_info: StackInfo, api: httpx.Client) -> None:
+    """The stack's default (`PAYGATE_KAFKA_COMPRESSION=zstd`): the batch holding a new payment's
+    events, read raw from the real broker, is compressed, and its records read back whole."""
+    created = api.post("/v1/payment_intents", data={"amount": "1000", "currency": "usd",
+                                                    "payment_method": "pm_card_visa", "confirm": "true"})
+    assert created.status_code == 200, created.text
+    payment_id = created.json()["id"]
+
+    async def batches_of(key: bytes) -> list[tuple[int, list[bytes]]]:
+        client = AIOKafkaClient(bootstrap_servers=stack_info.kafka_bootstrap)
+        await client.bootstrap()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                found = [(batch.compression_type, [r.value for r in records])
+                         for partition in range(TOPICS[EVENTS_TOPIC])
+                         for batch, records in await _raw_batches(client, partition)
+                         if any(r.key == key for r in records)]
+                if found:
+                    return found
+                await asyncio.sleep(0.2)
+            pytest.fail(f"no batch with the events of {key!r} on {EVENTS_TOPIC} within 30 s")
+        finally:
+            await client.close()
+
+    found = asyncio.run(batches_of(payment_id.encode()))
+    assert {codec for codec, _ in found} == {DefaultRecordBatch.CODEC_ZSTD}, [codec for codec, _ in found]
+    assert any(payment_id.encode() in value for _, values in found for value in values)
+
+
+async def _raw_batches(client: AIOKafkaClient, partition: int) -> list[tuple[DefaultRecordBatch, list]]:
+    """Every record batch of one partition of the events topic, as the broker stores it."""
+    leader = client.cluster.leader_for_partition(TopicPartition(EVENTS_TOPIC, partition))
+    response = await client.send(leader, FetchRequest(100, 1, 64 << 20, 0,
+                                                      [(EVENTS_TOPIC, [(partition, 0, 64 << 20)])]))
+    (_, partitions), = response.topics
+    (_, error, *_, message_set), = partitions
+    assert error == 0, f"fetch of partition {partition} failed with error code {error}"
+    records = MemoryRecords(message_set)
+    batches = []
+    while records.has_next():
+        batch = records.next_batch()
+        assert isinstance(batch, DefaultRecordBatch)
+        batches.append((batch, list(batch)))
+    return batches
