@@ -94,6 +94,7 @@ class Bank:
             return self._retransmission(doc, stored)
         handler = {
             "authorize": self._authorize,
+            "purchase": self._purchase,
             "capture": self._capture,
             "refund": self._refund,
             "reversal": self._reverse,
@@ -131,6 +132,17 @@ class Bank:
             doc["37"], doc.get("11", ""), auth_code, mask_pan(pan), amount, currency, doc.get("42", "")
         )
         return _Result(iso.APPROVED, auth_code, outcome.behaviour)
+
+    def _purchase(self, doc: Document) -> _Result:
+        """An authorization captured in full at once (0200). The capture is journalled under the
+        RRN the acquirer gave it (field 48), or the purchase's own, as a completion would be."""
+        result = self._authorize(doc)
+        if result.code == iso.APPROVED:
+            rrn, amount = doc["37"], _amount(doc)
+            assert amount is not None  # _authorize approved it
+            capture_rrn = _private(doc).get(iso.SE_CAPTURE_RRN) or rrn
+            self.journal.add_capture(rrn, capture_rrn, doc.get("11", ""), rrn, amount)
+        return result
 
     def _capture(self, doc: Document) -> _Result:
         original_rrn = _original_rrn(doc)
@@ -342,11 +354,15 @@ def _amount(doc: Document) -> int | None:
 
 def _original_rrn(doc: Document) -> str:
     """Field 48 subelement 63, falling back to the message's own RRN (lifecycle-wide RRNs)."""
+    return _private(doc).get(iso.SE_ORIGINAL_RRN) or doc.get("37", "")
+
+
+def _private(doc: Document) -> dict[str, str]:
+    """Field 48's subelements; none when it is missing or malformed."""
     try:
-        private = iso.decode_private_data(doc.get("48", ""))
+        return iso.decode_private_data(doc.get("48", ""))
     except iso.FrameError:
-        private = {}
-    return private.get(iso.SE_ORIGINAL_RRN) or doc.get("37", "")
+        return {}
 
 
 def _same_merchant_and_currency(auth: Authorization, doc: Document) -> bool:

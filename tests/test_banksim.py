@@ -251,6 +251,48 @@ def test_reversal_after_capture_reverses_the_capture(bank: Bank) -> None:
     assert bank.journal().net_amount(auth.rrn) == 0
 
 
+def purchase(mid: str, amount: int = 1000, pan: str = VISA) -> AcquirerRequest:
+    """An automatic capture's one message: authorized and captured, the capture under its own RRN."""
+    stan, rrn = ids()
+    _, capture_rrn = ids()
+    now = format_transmitted_at(datetime.now(UTC))
+    return AcquirerRequest("purchase", stan, rrn, amount, "usd", mid, card(pan), transmitted_at=now,
+                           capture_rrn=capture_rrn)
+
+
+def test_a_purchase_is_authorized_and_captured_under_the_capture_rrn_once(bank: Bank) -> None:
+    sale = purchase(merchant(), amount=1200)
+    first, again = send(bank, sale, sale)  # the second is a retransmission: same answer, no second effect
+    assert (first.response_code, again.response_code) == ("00", "00")
+    assert first.auth_code and again.auth_code == first.auth_code
+    assert first.raw["t"] == "0210" and first.rrn == sale.rrn
+    row = bank.journal().by_rrn(sale.rrn)
+    assert row is not None and (row.state, row.authorized_amount, row.captured_amount) == ("captured", 1200, 1200)
+    (capture,) = bank.journal().operations(sale.rrn)
+    assert (capture.kind, capture.rrn, capture.original_rrn, capture.amount) == (
+        "capture", sale.capture_rrn, sale.rrn, 1200)
+    assert bank.journal().net_amount(sale.rrn) == 1200
+
+
+def test_a_purchase_is_refunded_by_either_rrn_and_reversed_whole(bank: Bank) -> None:
+    sale = purchase(merchant(), amount=900)
+    by_capture = replace(sale, kind="authorize", rrn=sale.capture_rrn or "", capture_rrn=None)
+    responses = send(bank, sale, follow_up("refund", sale, 300), follow_up("refund", by_capture, 200),
+                     follow_up("reversal", sale, 900))
+    assert [r.response_code for r in responses] == ["00", "00", "00", "00"]
+    row = bank.journal().by_rrn(sale.rrn)
+    assert row is not None and (row.state, row.captured_amount, row.refunded_amount) == ("reversed", 900, 500)
+    assert bank.journal().net_amount(sale.rrn) == 0
+
+
+def test_a_declined_purchase_journals_nothing(bank: Bank) -> None:
+    sale = purchase(merchant(), pan="4000000000009995")  # insufficient funds
+    (response,) = send(bank, sale)
+    assert (response.response_code, response.decline_code) == ("51", "insufficient_funds")
+    assert bank.journal().by_rrn(sale.rrn) is None
+    assert bank.journal().operation_by_rrn(sale.capture_rrn or "") is None
+
+
 def test_reversal_of_unknown_rrn_journals_nothing(bank: Bank) -> None:
     ghost = authorization(merchant())  # never sent
     before = len(bank.journal().operations())

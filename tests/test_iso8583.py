@@ -61,6 +61,8 @@ def test_every_request_paygate_builds_takes_the_fast_path() -> None:
     original = OriginalRef("000001", "ABCDEF000001", "A1B2C3", "1204101010")
     requests = [
         AcquirerRequest("authorize", "000002", "ABCDEF000002", 1000, "usd", "acct_merchant", card, None, "1204101010"),
+        AcquirerRequest("purchase", "000007", "ABCDEF000007", 1000, "usd", "acct_merchant", card, None, "1204101015",
+                        capture_rrn="ABCDEF000008"),
         AcquirerRequest("capture", "000003", "ABCDEF000003", 1000, "eur", "acct_merchant", None, original,
                         "1204101011"),
         AcquirerRequest("refund", "000004", "ABCDEF000004", 500, "gbp", "acct_merchant", card, original, "1204101012"),

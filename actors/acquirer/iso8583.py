@@ -45,6 +45,7 @@ APPROVED = "00"
 ECHO_NETWORK_CODE = "301"  # field 70: echo test
 SE_CVC = "92"
 SE_ORIGINAL_RRN = "63"
+SE_CAPTURE_RRN = "64"  # a purchase: the RRN its capture settles under
 
 
 class FrameError(ValueError):
@@ -60,6 +61,7 @@ class MessageType:
 
 MESSAGE_TYPES: dict[Kind, MessageType] = {
     "authorize": MessageType("0100", "0110", "000000"),
+    "purchase": MessageType("0200", "0210", "000000"),  # authorization and capture in one message
     "capture": MessageType("0220", "0230", "000000"),  # completion of an earlier authorization
     "refund": MessageType("0200", "0210", "200000"),
     "reversal": MessageType("0400", "0410", "000000"),

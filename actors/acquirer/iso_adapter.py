@@ -282,13 +282,15 @@ def build_request(request: AcquirerRequest, terminal_id: str) -> Document:
     if request.card is not None:
         doc["2"] = request.card.pan
         doc["14"] = f"{request.card.exp_year % 100:02d}{request.card.exp_month:02d}"
-        if request.kind == "authorize" and request.card.cvc:
-            private[iso.SE_CVC] = request.card.cvc  # the CVC goes in an 0100 and nowhere else
+        if request.kind in ("authorize", "purchase") and request.card.cvc:
+            private[iso.SE_CVC] = request.card.cvc  # the CVC goes in an 0100 or 0200 and nowhere else
+    if request.capture_rrn is not None:
+        private[iso.SE_CAPTURE_RRN] = request.capture_rrn
     original = request.original
     if original is not None:
         private[iso.SE_ORIGINAL_RRN] = original.rrn
         doc["90"] = iso.original_data_elements(
-            iso.MESSAGE_TYPES["authorize"].request_mti, original.stan, original.transmitted_at
+            iso.MESSAGE_TYPES[original.kind].request_mti, original.stan, original.transmitted_at
         )
         if original.auth_code:
             doc["38"] = original.auth_code

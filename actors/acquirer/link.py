@@ -22,6 +22,7 @@ from actors.acquirer.messages import (
     AcquirerResponse,
     AcquirerTimeout,
     AcquirerUnavailable,
+    Kind,
     OriginalRef,
     format_transmitted_at,
 )
@@ -42,7 +43,7 @@ class BankOutcome:
     response: AcquirerResponse | None
     transmitted_at: str
     detail: str = ""
-    capture: BankOutcome | None = None  # the completion sent right after an approval, if asked for
+    capture: BankOutcome | None = None  # an approved purchase: the capture made with the authorization
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class AuthorizeOrder:
     stan: str
     rrn: str
     reversal_stan: str
-    capture: tuple[str, str] | None = None  # STAN and RRN of the completion, for an automatic capture
+    capture: tuple[str, str] | None = None  # automatic capture: the capture's STAN and RRN (a purchase sends the RRN)
 
 
 class AcquirerLink(DirectCallable):
@@ -93,20 +94,23 @@ class AcquirerLink(DirectCallable):
 
     async def authorize(self, order: AuthorizeOrder) -> BankOutcome:
         """0100 for the card behind `order.token`; on a timeout, reverse it so nothing stays held.
-        With `order.capture`, an approval is completed (0220) before the call returns."""
+        With `order.capture`, a purchase (0200) instead: one message that the bank approves as
+        authorized and captured, its capture known by the RRN in `order.capture`."""
         await self.start()
         assert self.detokenizer is not None
         card = await self.detokenizer.call((order.token, "acquirer-link", f"authorize {order.payment_id}"))
         sent_at = format_transmitted_at(datetime.now(UTC))
-        request = AcquirerRequest("authorize", order.stan, order.rrn, order.amount, order.currency,
-                                  order.merchant_id, card=card, transmitted_at=sent_at)
+        kind: Kind = "purchase" if order.capture else "authorize"
+        request = AcquirerRequest(kind, order.stan, order.rrn, order.amount, order.currency, order.merchant_id,
+                                  card=card, transmitted_at=sent_at,
+                                  capture_rrn=order.capture[1] if order.capture else None)
         del card
         try:
             response = await self.adapter.handle(request)
         except AcquirerUnavailable as error:
             return BankOutcome("failed", None, sent_at, f"not sent: {error}")
         except AcquirerTimeout:
-            original = OriginalRef(order.stan, order.rrn, None, sent_at)
+            original = OriginalRef(order.stan, order.rrn, None, sent_at, kind)
             reversal = AcquirerRequest("reversal", order.reversal_stan, order.rrn, order.amount, order.currency,
                                        order.merchant_id, original=original)
             settled = await self.send(reversal, retransmits=2)
@@ -115,11 +119,7 @@ class AcquirerLink(DirectCallable):
             return BankOutcome("unknown", None, sent_at, "timed out; reversal unconfirmed")
         outcome = BankOutcome("approved" if response.approved else "declined", response, sent_at)
         if response.approved and order.capture:
-            # The completion follows in the same call: one hop less, and the shard has persisted its ids.
-            stan, rrn = order.capture
-            completion = AcquirerRequest("capture", stan, rrn, order.amount, order.currency, order.merchant_id,
-                                         original=OriginalRef(order.stan, order.rrn, response.auth_code, sent_at))
-            outcome = replace(outcome, capture=await self.send(completion))
+            outcome = replace(outcome, capture=outcome)  # the purchase's approval is the capture's too
         return outcome
 
     async def authorize_many(self, orders: list[AuthorizeOrder]) -> list[BankOutcome | BaseException]:

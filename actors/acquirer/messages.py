@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
-Kind = Literal["authorize", "capture", "refund", "reversal", "echo"]
+Kind = Literal["authorize", "purchase", "capture", "refund", "reversal", "echo"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 
 _STAN = re.compile(r"\d{6}")
@@ -43,6 +43,7 @@ class OriginalRef:
     rrn: str
     auth_code: str | None
     transmitted_at: str  # MMDDhhmmss of the original; "" if unknown
+    kind: Kind = "authorize"  # what the original was: an authorization, or a purchase (captured with it)
 
     def __post_init__(self) -> None:
         _check(_STAN.fullmatch(self.stan) is not None, "original.stan must be 6 digits")
@@ -93,6 +94,7 @@ class AcquirerRequest:
     card: CardData | None = None
     original: OriginalRef | None = None
     transmitted_at: str = ""  # MMDDhhmmss; the adapter fills it if empty
+    capture_rrn: str | None = None  # a purchase: the RRN its capture is known by (settlement, refunds)
 
     def __post_init__(self) -> None:
         _check(self.kind in KINDS, "kind must be one of " + ", ".join(sorted(KINDS)))
@@ -107,7 +109,9 @@ class AcquirerRequest:
             self.transmitted_at == "" or _TRANSMITTED_AT.fullmatch(self.transmitted_at) is not None,
             "transmitted_at must be MMDDhhmmss or empty",
         )
-        _check(self.kind != "authorize" or self.card is not None, "an authorization needs card data")
+        _check(self.kind not in ("authorize", "purchase") or self.card is not None, f"a {self.kind} needs card data")
+        _check(self.capture_rrn is None or (self.kind == "purchase" and _RRN.fullmatch(self.capture_rrn) is not None),
+               "capture_rrn is for a purchase, 12 letters or digits")
         _check(
             self.kind not in ("capture", "refund", "reversal") or self.original is not None,
             f"a {self.kind} needs the original transaction (original=OriginalRef(...))",

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from actors.acquirer.link import AuthorizeOrder, BankOutcome
-from actors.acquirer.messages import AcquirerRequest, OriginalRef
+from actors.acquirer.messages import AcquirerRequest, Kind, OriginalRef
 from actors.batching import RowBatcher
 from actors.errors import ApiError, CardError, InvalidRequest, NotFound, StripeError
 from actors.fraud.reviews import needs_review, open_if_flagged
@@ -260,7 +260,7 @@ class Operations:
         sent with the authorization (`sent`) — and book what the bank said."""
         outcome = sent or await self.ports.link.send(AcquirerRequest(
             "capture", row["pending_stan"], row["pending_rrn"], row["pending_amount"], row["currency"],
-            row["merchant_id"], original=_original(row)))
+            row["merchant_id"], original=original_of(row)))
         if outcome.status == "unknown":
             return failure(_processing_error_unknown(row))
         idem = cmd.idempotency if cmd else None
@@ -317,7 +317,7 @@ class Operations:
 
     async def _reverse_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record) -> Reply:
         request = AcquirerRequest("reversal", row["pending_stan"], row["auth_rrn"], row["pending_amount"],
-                                  row["currency"], row["merchant_id"], original=_original(row))
+                                  row["currency"], row["merchant_id"], original=original_of(row))
         outcome: BankOutcome = await self.ports.link.send(request)
         if outcome.status in ("unknown", "failed"):
             return failure(_processing_error_unknown(row))
@@ -347,7 +347,7 @@ class Operations:
             return await self._reverse_at_bank(cmd, row)
         stan = _reversal_stan(row["auth_stan"])
         request = AcquirerRequest("reversal", stan, row["auth_rrn"], row["amount"], row["currency"],
-                                  row["merchant_id"], original=_original(row))
+                                  row["merchant_id"], original=original_of(row))
         outcome: BankOutcome = await self.ports.link.send(request)
         if outcome.status == "unknown":
             return failure(_processing_error_unknown(row))
@@ -417,8 +417,12 @@ def _reversal_stan(auth_stan: str) -> str:
     return f"{(int(auth_stan) + 500_000) % 1_000_000:06d}"
 
 
-def _original(row: asyncpg.Record) -> OriginalRef:
-    return OriginalRef(row["auth_stan"], row["auth_rrn"], row["auth_code"], row["auth_transmitted_at"] or "")
+def original_of(payment: Mapping[str, Any]) -> OriginalRef:
+    """The payment's first message to the bank, which its capture, refunds and reversal quote: a
+    purchase when it was captured automatically."""
+    kind: Kind = "purchase" if payment["capture_method"] == "automatic" else "authorize"
+    return OriginalRef(payment["auth_stan"], payment["auth_rrn"], payment["auth_code"],
+                       payment["auth_transmitted_at"] or "", kind)
 
 
 def _raw(outcome: BankOutcome) -> dict[str, Any]:

@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors.acquirer.link import BankOutcome
-from actors.acquirer.messages import AcquirerRequest, OriginalRef
+from actors.acquirer.messages import AcquirerRequest
 from actors.errors import InvalidRequest, NotFound
 from actors.ids import new_id
 from actors.payments import idempotency, store
 from actors.payments.messages import Idempotency, PaymentCommand, Reply
-from actors.payments.operations import Ports, failure
+from actors.payments.operations import Ports, failure, original_of
 from actors.payments.render import charge_object, dumps, event_object
 
 # The bank's decline code -> the refund's failure_reason, among the values Stripe gives it.
@@ -202,8 +202,7 @@ class Refunds:
         payment = payment or await self._payment(refund)
         request = AcquirerRequest(
             "refund", refund["stan"], refund["rrn"], refund["amount"], refund["currency"], refund["merchant_id"],
-            original=OriginalRef(payment["auth_stan"], payment["auth_rrn"], payment["auth_code"],
-                                 payment["auth_transmitted_at"] or ""))
+            original=original_of(payment))
         outcome: BankOutcome = await self.ports.link.send(request)
         idem = cmd.idempotency if cmd else None
         if outcome.status == "unknown":
