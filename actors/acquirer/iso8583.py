@@ -11,9 +11,11 @@ Fields used
 · 49 currency (ISO 4217 numeric) · 70 network management code · 90 original data elements.
 
 Field 48 carries subelements as tag(2) + length(2) + value, the way Mastercard's DE 48 does:
-`92` is the CVC2 (Mastercard's own tag for it; only ever sent in an 0100), and `63` is the
-original transaction's RRN for completions, refunds and reversals (the original data elements
-in field 90 hold MTI, STAN and time but no RRN, and the bank looks originals up by RRN).
+`92` is the CVC2 (Mastercard's own tag for it; only ever sent in an 0100 or a purchase's 0200),
+`63` is the original transaction's RRN for completions, refunds and reversals (the original data
+elements in field 90 hold MTI, STAN and time but no RRN, and the bank looks originals up by RRN),
+and `64`, in a purchase, is the RRN its capture is to be known by (settlement, refunds): paygate
+picks a capture's RRN before it is sent, whether it goes as a completion or within a purchase.
 
 Deviation from the 1987 standard: field 42 is LLVAR up to 40 characters instead of fixed 15, so
 paygate's prefixed merchant ids fit without a merchant-id mapping table.

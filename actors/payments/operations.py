@@ -146,7 +146,8 @@ class Operations:
 
     async def _authorization_changes(self, row: Mapping[str, Any], card: dict[str, Any]) -> dict[str, Any]:
         """processing/authorizing with the bank ids persisted first: the recovery point. An automatic
-        capture gets its completion's ids now too, so approval leads straight to the capture.
+        capture gets its capture's ids now too: the purchase names the capture's RRN, so the bank's
+        approval is the capture.
 
         No event announces it: as in Stripe, a card payment goes from confirmation straight to its
         outcome (`processing` is for payment methods that take days). Here it is where the bank
@@ -168,10 +169,10 @@ class Operations:
         decision = decision or await self.ports.risk.assess(row, card, cmd.risk)
         if decision.outcome == "blocked":
             return await self._fail(cmd, row, "fraudulent", decision=decision)
-        completion = (row["pending_stan"], row["pending_rrn"]) if row["capture_method"] == "automatic" else None
+        capture = (row["pending_stan"], row["pending_rrn"]) if row["capture_method"] == "automatic" else None
         order = AuthorizeOrder(row["id"], row["payment_method"], row["amount"], row["currency"],
                                row["merchant_id"], row["auth_stan"], row["auth_rrn"], _reversal_stan(row["auth_stan"]),
-                               capture=completion)
+                               capture=capture)
         outcome: BankOutcome = await self.ports.link.authorize(order)
         if outcome.status == "unknown":
             # Neither answer nor confirmed reversal: the recovery sweep settles it from the bank.
@@ -194,8 +195,8 @@ class Operations:
         if row["capture_method"] == "manual":
             return await self._hold(row, {**changes, "bank_phase": None, "processing_since": None,
                                           "amount_capturable": row["amount"]}, response.raw, idem)
-        # Automatic capture: the completion's ids were persisted with the authorization, so a crash
-        # from here on is settled by reversing the authorization (the bank releases the capture too).
+        # Automatic capture: the purchase captured it, under the ids persisted before it was sent, so
+        # a crash from here on is settled by reversing the purchase (the bank releases the capture too).
         return await self._capture_at_bank(cmd, row, approval=changes, auth_raw=response.raw, sent=outcome.capture)
 
     async def _hold(self, row: asyncpg.Record, changes: dict[str, Any], bank: dict[str, Any],
@@ -256,8 +257,8 @@ class Operations:
     async def _capture_at_bank(self, cmd: PaymentCommand | None, row: asyncpg.Record,
                                approval: dict[str, Any] | None = None, auth_raw: dict[str, Any] | None = None,
                                sent: BankOutcome | None = None) -> Reply:
-        """Complete the capture at the bank — or take the completion's outcome the link already
-        sent with the authorization (`sent`) — and book what the bank said."""
+        """Complete the capture at the bank — or take the capture the purchase made (`sent`) — and
+        book what the bank said."""
         outcome = sent or await self.ports.link.send(AcquirerRequest(
             "capture", row["pending_stan"], row["pending_rrn"], row["pending_amount"], row["currency"],
             row["merchant_id"], original=original_of(row)))
