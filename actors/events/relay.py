@@ -33,8 +33,11 @@ log = logging.getLogger("paygate.relay")
 
 # Caught up (a batch short of full), the relay polls again this long after the last poll began:
 # at 150 payments/s, polling as soon as a batch was out sent batches of a few rows, each a
-# transaction and a produce request of its own. Behind (a full batch), it polls at once.
-POLL_INTERVAL_S = 0.05
+# transaction and a produce request of its own. Behind (a full batch), it polls at once. Each
+# poll's batch is one stored object per partition in the local broker, whose fetches cost more
+# the more objects it holds: at 500 payments/s, 0.2 s against 0.05 s took relay and broker from
+# 0.19 to 0.09 ms of CPU per payment, for 0.08 s more webhook lag (two runs each).
+POLL_INTERVAL_S = 0.2
 
 _CLAIM = ("SELECT p.seq, o.id, o.object_id, o.type, o.payload::text AS payload "
           "FROM outbox_pending p JOIN outbox_events o ON o.id = p.event_id WHERE {due} "
