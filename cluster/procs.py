@@ -59,6 +59,7 @@ def schedule_as_batch() -> bool:
     of the event loop and the next one reads several messages at once. False, with a warning,
     where the OS has no such policy or refuses it."""
     if not hasattr(os, "SCHED_BATCH"):
+        log.warning("this OS has no SCHED_BATCH; running under the default policy")
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

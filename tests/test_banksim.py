@@ -253,11 +253,8 @@ def test_reversal_after_capture_reverses_the_capture(bank: Bank) -> None:
 
 def purchase(mid: str, amount: int = 1000, pan: str = VISA) -> AcquirerRequest:
     """An automatic capture's one message: authorized and captured, the capture under its own RRN."""
-    stan, rrn = ids()
     _, capture_rrn = ids()
-    now = format_transmitted_at(datetime.now(UTC))
-    return AcquirerRequest("purchase", stan, rrn, amount, "usd", mid, card(pan), transmitted_at=now,
-                           capture_rrn=capture_rrn)
+    return replace(authorization(mid, amount, pan), kind="purchase", capture_rrn=capture_rrn)
 
 
 def test_a_purchase_is_authorized_and_captured_under_the_capture_rrn_once(bank: Bank) -> None:

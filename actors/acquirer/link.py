@@ -56,7 +56,7 @@ class AuthorizeOrder:
     stan: str
     rrn: str
     reversal_stan: str
-    capture: tuple[str, str] | None = None  # automatic capture: the capture's STAN and RRN (a purchase sends the RRN)
+    capture_rrn: str | None = None  # automatic capture: the RRN its capture is to be known by (a purchase)
 
 
 class AcquirerLink(DirectCallable):
@@ -94,16 +94,15 @@ class AcquirerLink(DirectCallable):
 
     async def authorize(self, order: AuthorizeOrder) -> BankOutcome:
         """0100 for the card behind `order.token`; on a timeout, reverse it so nothing stays held.
-        With `order.capture`, a purchase (0200) instead: one message that the bank approves as
-        authorized and captured, its capture known by the RRN in `order.capture`."""
+        With `order.capture_rrn`, a purchase (0200) instead: one message that the bank approves as
+        authorized and captured, its capture known by that RRN."""
         await self.start()
         assert self.detokenizer is not None
         card = await self.detokenizer.call((order.token, "acquirer-link", f"authorize {order.payment_id}"))
         sent_at = format_transmitted_at(datetime.now(UTC))
-        kind: Kind = "purchase" if order.capture else "authorize"
+        kind: Kind = "purchase" if order.capture_rrn else "authorize"
         request = AcquirerRequest(kind, order.stan, order.rrn, order.amount, order.currency, order.merchant_id,
-                                  card=card, transmitted_at=sent_at,
-                                  capture_rrn=order.capture[1] if order.capture else None)
+                                  card=card, transmitted_at=sent_at, capture_rrn=order.capture_rrn)
         del card
         try:
             response = await self.adapter.handle(request)
@@ -118,7 +117,7 @@ class AcquirerLink(DirectCallable):
                 return BankOutcome("failed", settled.response, sent_at, "timed out; reversal sent")
             return BankOutcome("unknown", None, sent_at, "timed out; reversal unconfirmed")
         outcome = BankOutcome("approved" if response.approved else "declined", response, sent_at)
-        if response.approved and order.capture:
+        if response.approved and order.capture_rrn:
             outcome = replace(outcome, capture=outcome)  # the purchase's approval is the capture's too
         return outcome
 

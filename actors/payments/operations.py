@@ -169,10 +169,9 @@ class Operations:
         decision = decision or await self.ports.risk.assess(row, card, cmd.risk)
         if decision.outcome == "blocked":
             return await self._fail(cmd, row, "fraudulent", decision=decision)
-        capture = (row["pending_stan"], row["pending_rrn"]) if row["capture_method"] == "automatic" else None
         order = AuthorizeOrder(row["id"], row["payment_method"], row["amount"], row["currency"],
                                row["merchant_id"], row["auth_stan"], row["auth_rrn"], _reversal_stan(row["auth_stan"]),
-                               capture=capture)
+                               capture_rrn=row["pending_rrn"] if row["capture_method"] == "automatic" else None)
         outcome: BankOutcome = await self.ports.link.authorize(order)
         if outcome.status == "unknown":
             # Neither answer nor confirmed reversal: the recovery sweep settles it from the bank.

@@ -236,7 +236,7 @@ class Refunds:
         raise store.VersionConflict(payment["id"])  # still pending: the recovery sweep books it
 
     async def _payment(self, refund: Mapping[str, Any]) -> Mapping[str, Any]:
-        payment = await self.ports.pool.fetchrow("SELECT * FROM payment_orders WHERE id = $1", refund["payment_id"])
+        payment = await store.load(self.ports.rows, refund["payment_id"], refund["merchant_id"])
         assert payment is not None
         return payment
 
