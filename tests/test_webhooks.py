@@ -145,6 +145,64 @@ def test_an_event_is_queued_with_its_insert_and_leaves_the_queue_once_dispatched
     assert event["id"] in {e["id"] for e in arrived}
 
 
+def test_a_delivery_answered_at_once_is_written_once_with_its_attempt(
+        api: httpx.Client, base_url: str, merchant: Merchant, receiver: Receiver, stack_info: StackInfo) -> None:
+    """A delivery sent from memory reaches the ledger in one write, delivered, in the transaction
+    that records its attempt: never pending first, never updated after."""
+    endpoint = _endpoint(api, receiver, "/once")
+    payments = _pay(base_url, merchant, 5)
+    _all_delivered(receiver, "/once", payments, timeout=60)
+    rows = wait_until(lambda: ledger(
+        stack_info, "SELECT d.status, d.attempts, d.last_status_code, d.delivered_at IS NOT NULL AS delivered, "
+        "d.first_failed_at, a.status_code, "
+        "d.created_at = a.attempted_at AND d.delivered_at = a.attempted_at AS one_write, "
+        "(SELECT count(*) FROM webhook_attempts x WHERE x.delivery_id = d.id) AS attempts_recorded "
+        "FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id WHERE d.endpoint_id = $1",
+        endpoint["id"]), 30, what="the deliveries to be written")
+    assert len(rows) == len(payments) * len(PAYMENT_EVENTS)
+    assert all((r["status"], r["attempts"], r["last_status_code"], r["delivered"], r["first_failed_at"],
+                r["status_code"], r["one_write"], r["attempts_recorded"]) == ("succeeded", 1, 200, True, None,
+                                                                             200, True, 1) for r in rows), rows
+    assert asyncio.run(_undispatched(stack_info.ledger_dsn, merchant.id)) == 0
+
+
+def test_a_copy_published_again_sends_only_the_deliveries_not_written(
+        api: httpx.Client, base_url: str, merchant: Merchant, receiver: Receiver, stack_info: StackInfo) -> None:
+    """A dispatcher that dies holding deliveries in memory leaves their event queued, and the relay
+    publishes it again: the copy goes to the endpoints whose delivery was lost, not to the others."""
+    _endpoint(api, receiver, "/kept")
+    lost = _endpoint(api, receiver, "/lost")
+    [payment] = _pay(base_url, merchant, 1)
+    for path in ("/kept", "/lost"):
+        _all_delivered(receiver, path, [payment], timeout=60)
+    [event] = ledger(stack_info, "SELECT id, seq FROM outbox_events WHERE object_id = $1 AND type = $2",
+                     payment, PAYMENT_EVENTS[0])
+
+    async def lose_one_delivery() -> None:
+        conn = await asyncpg.connect(stack_info.ledger_dsn)
+        try:
+            async with conn.transaction():  # as if the dispatcher had died before writing it
+                await conn.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM "
+                                   "webhook_deliveries WHERE event_id = $1 AND endpoint_id = $2)",
+                                   event["id"], lost["id"])
+                await conn.execute("DELETE FROM webhook_deliveries WHERE event_id = $1 AND endpoint_id = $2",
+                                   event["id"], lost["id"])
+                await conn.execute("INSERT INTO outbox_pending (seq, event_id, object_id, published_at, "
+                                   "publish_count) VALUES ($1, $2, $3, now() - interval '1 hour', 1)",
+                                   event["seq"], event["id"], payment)
+        finally:
+            await conn.close()
+
+    asyncio.run(lose_one_delivery())
+    again = receiver.wait_for("/lost", lambda events: [e["id"] for e in events].count(event["id"]) == 2, 60)
+    assert [e["id"] for e in again].count(event["id"]) == 2
+    wait_until(lambda: asyncio.run(_undispatched(stack_info.ledger_dsn, merchant.id)) == 0, 30,
+               what="the event to leave the queue")
+    time.sleep(1.0)  # anything sent to /kept would have arrived with the copy to /lost
+    assert [e["id"] for e in receiver.events("/kept")].count(event["id"]) == 1
+    assert len(ledger(stack_info, "SELECT 1 FROM webhook_deliveries WHERE event_id = $1", event["id"])) == 2
+
+
 def test_a_card_confirmed_apart_goes_straight_to_its_outcome_events(api: httpx.Client) -> None:
     created = api.post("/v1/payment_intents", data={"amount": 2100, "currency": "usd",
                                                      "payment_method": "pm_card_visa"})
