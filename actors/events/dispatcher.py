@@ -143,6 +143,7 @@ class WebhookDispatcher:
         # write, the failure pending in the ledger; a claimed delivery closed here is not pending.
         self.turns = asyncio.Lock()
         self.in_flight: set[asyncio.Task[None]] = set()  # claimed deliveries and chains
+        self.writes: set[asyncio.Future[None]] = set()  # deliveries received, being written
         # Set when the claim may find new work (deliveries handed to it, a claimed delivery ended,
         # so the next event of its payment may be due): the delivery loop wakes at once instead of
         # at its next poll.
@@ -276,6 +277,17 @@ class WebhookDispatcher:
             queued.append(delivery)
         return queued, to_claim
 
+    def _write_soon(self, attempt: Attempt) -> None:
+        assert self.recorder is not None
+        write = asyncio.ensure_future(self.recorder.call(attempt))
+        self.writes.add(write)
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        self.writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:  # its event is published again
+            log.warning("webhook delivery not written: %s", write.exception())
+
     def _handed_to_claim(self, count: int) -> None:
         self.counters["released"] += count
         self.wakeup.set()
@@ -287,8 +299,9 @@ class WebhookDispatcher:
             self.held.pop(event_id, None)
 
     async def _run_chain(self, key: tuple[str, str], chain: _Chain) -> None:
-        """Send a chain's deliveries one after another, each written before the next leaves; on a
-        failure the chain ends and its queue goes to the claim, behind the retry."""
+        """Send a chain's deliveries one after another, each once the one before was received; on a
+        failure the chain ends when the failure is written, and its queue goes to the claim behind
+        the retry."""
         assert self.recorder is not None
         # A delivery waits here no longer than a claimed one could be leased and sent.
         hold_s = self.policy.lease_s - self.policy.timeout_s - HOLD_MARGIN_S
@@ -298,8 +311,11 @@ class WebhookDispatcher:
                     await self.recorder.call(chain)  # behind a slow endpoint: the claim takes the rest
                     break
                 attempt = await self._attempt(chain.queue.popleft())
-                await self.recorder.call(attempt if attempt.ok else replace(attempt, chain=chain))
                 self.counters["sent_from_batch"] += 1
+                if attempt.ok:  # received: the payment's next event may leave before this is written
+                    self._write_soon(attempt)
+                else:
+                    await self.recorder.call(replace(attempt, chain=chain))
         finally:
             self._forget(d["event_id"] for d in chain.queue)  # left unwritten only if a write failed
             chain.queue.clear()
