@@ -10,7 +10,7 @@ The transaction that writes an event's last delivery also takes the event out of
 dispatcher that dies with deliveries in memory loses none, and the copy of an event published
 again skips the deliveries already written. (Written once instead of three times — pending, then
 delivered, and its attempt apart — a delivery cost the ledger's PostgreSQL 7-23% less CPU per
-payment in seven paired bench runs.) The Kafka offset is committed once a batch is routed.
+payment in twelve paired bench runs.) The Kafka offset is committed once a batch is routed.
 
 A delivery goes to the ledger's claim instead, written pending and due at once, when the ledger
 holds an earlier pending delivery of its payment to that endpoint (a failure waiting for its retry,
