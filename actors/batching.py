@@ -47,10 +47,14 @@ class Batcher(Generic[Item, Result]):
         self.timer: asyncio.TimerHandle | None = None  # a flush when the oldest call counts as stuck
 
     async def call(self, item: Item) -> Result:
+        return await self.submit(item)
+
+    def submit(self, item: Item) -> asyncio.Future[Result]:
+        """`call` for a caller that does not wait for the answer: the item's future, to watch."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         self._schedule()
-        return await future
+        return future
 
     def _schedule(self) -> None:
         if not self.pending or self.soon is not None:

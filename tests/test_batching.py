@@ -50,6 +50,19 @@ def test_calls_made_together_travel_together_and_get_their_own_results() -> None
     run(main())
 
 
+def test_a_submitted_item_travels_with_the_calls_and_its_future_gets_its_result() -> None:
+    async def main() -> None:
+        remote = Recorder()
+        batcher = Batcher(remote)
+        submitted = [batcher.submit(0), batcher.submit(1)]
+        assert await batcher.call(2) == 20
+        assert remote.batches == [[0, 1, 2]]
+        assert submitted[0].result() == 0
+        assert isinstance(submitted[1].exception(), ValueError)
+
+    run(main())
+
+
 def test_an_idle_hop_sends_at_once() -> None:
     async def main() -> None:
         remote = Recorder()

@@ -279,7 +279,7 @@ class WebhookDispatcher:
 
     def _write_soon(self, attempt: Attempt) -> None:
         assert self.recorder is not None
-        write = asyncio.ensure_future(self.recorder.call(attempt))
+        write = self.recorder.submit(attempt)
         self.writes.add(write)
         write.add_done_callback(self._written)
 
