@@ -121,13 +121,16 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
 
 # Codecs aiokafka writes (zstd, lz4 and snappy through cramjam); `none` sends batches as they are.
 KAFKA_COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _compression(env: Mapping[str, str], name: str, default: str) -> str | None:
-    raw = (env.get(name) or default).lower()
-    if raw not in KAFKA_COMPRESSIONS:
-        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(KAFKA_COMPRESSIONS)}")
-    return None if raw == "none" else raw
+def _one_of(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, whatever the case it was written in."""
+    raw = env.get(name) or default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}")
 
 
 def _dsn(env: Mapping[str, str], name: str) -> str | None:
@@ -181,9 +184,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if bool(tls_cert) != bool(tls_key):
         missing = "PAYGATE_TLS_KEY" if tls_cert else "PAYGATE_TLS_CERT"
         raise ConfigError(f"{missing} must be set together with the other TLS variable")
-    log_level = (env.get("PAYGATE_LOG_LEVEL") or "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"PAYGATE_LOG_LEVEL={log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    log_level = _one_of(env, "PAYGATE_LOG_LEVEL", "INFO", LOG_LEVELS)
+    compression = _one_of(env, "PAYGATE_KAFKA_COMPRESSION", "zstd", KAFKA_COMPRESSIONS)
     return Config(
         data_dir=data_dir,
         http_host=env.get("PAYGATE_HTTP_HOST") or "127.0.0.1",
@@ -192,7 +194,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ledger_dsn=_dsn(env, "PAYGATE_LEDGER_DSN"),
         vault_dsn=_dsn(env, "PAYGATE_VAULT_DSN"),
         kafka_bootstrap=_bootstrap(env, "PAYGATE_KAFKA_BOOTSTRAP"),
-        kafka_compression=_compression(env, "PAYGATE_KAFKA_COMPRESSION", "zstd"),
+        kafka_compression=None if compression == "none" else compression,
         acquirer=_host_port(env, "PAYGATE_ACQUIRER"),
         ray_address=env.get("RAY_ADDRESS") or None,
         ray_namespace=env.get("PAYGATE_RAY_NAMESPACE") or "paygate",
