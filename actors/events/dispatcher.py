@@ -87,11 +87,13 @@ def _routing(message: Any) -> dict[str, Any]:
     messages without them), and whether this copy may be a second publication of the event."""
     headers = {key: value.decode() for key, value in (message.headers or ())}
     payload = message.value.decode()
-    republished = headers.get(PUBLICATION_HEADER) != "1"
     if "event_id" in headers and "type" in headers:
-        return {"id": headers["event_id"], "type": headers["type"], "payload": payload, "republished": republished}
-    event = json.loads(payload)
-    return {"id": event["id"], "type": event["type"], "payload": payload, "republished": republished}
+        event_id, event_type = headers["event_id"], headers["type"]
+    else:
+        event = json.loads(payload)
+        event_id, event_type = event["id"], event["type"]
+    return {"id": event_id, "type": event_type, "payload": payload,
+            "republished": headers.get(PUBLICATION_HEADER) != "1"}
 
 
 # A delivery as it is sent: its webhook_deliveries columns (a delivery from memory has no `id` yet,
@@ -105,6 +107,14 @@ class _Chain:
 
     key: tuple[str, str]
     queue: deque[Delivery] = field(default_factory=deque)
+
+
+@dataclass
+class _Held:
+    """An event with deliveries in memory: its outbox seq, and how many of them are not written yet."""
+
+    seq: int
+    unwritten: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,9 +144,9 @@ class WebhookDispatcher:
         self.counters = {"consumed": 0, "delivered": 0, "failed_attempts": 0, "sent_from_batch": 0, "claimed": 0,
                          "released": 0}
         self.chains: dict[tuple[str, str], _Chain] = {}
-        # Events with deliveries in memory: [outbox seq, deliveries not written yet]. The write of the
-        # last takes the event out of outbox_pending; a copy published again meanwhile is skipped.
-        self.held: dict[str, list[int]] = {}
+        # Events with deliveries in memory, by id. The write of the last takes the event out of
+        # outbox_pending; a copy published again meanwhile is skipped.
+        self.held: dict[str, _Held] = {}
         # Routing a batch and writing attempts take turns, so routing reads the ledger as of this
         # dispatcher's last write: a chain that failed hands its queue to the claim with the failure,
         # and a batch routed meanwhile either sees the chain (and joins its queue) or, after the
@@ -213,7 +223,7 @@ class WebhookDispatcher:
                     routed = list(in_memory)
                     for event in meta:
                         if event["id"] in in_memory:
-                            self.held[event["id"]] = [event["seq"], in_memory[event["id"]]]
+                            self.held[event["id"]] = _Held(event["seq"], in_memory[event["id"]])
                     if to_claim:
                         await conn.execute(_WRITE_DELIVERIES, *_delivery_columns([(d, "pending", 0, 0.0, None, None)
                                                                                  for d in to_claim]))
@@ -440,7 +450,8 @@ class WebhookDispatcher:
             claimed = [a for a in attempts if a.delivery.get("id") is not None]
             fresh = [a for a in attempts if a.delivery.get("id") is None]
             written = Counter(d["event_id"] for d in [*(a.delivery for a in fresh), *handed])
-            dispatched = [self.held[e][0] for e, n in written.items() if e in self.held and self.held[e][1] <= n]
+            dispatched = [held.seq for event_id, count in written.items()
+                          if (held := self.held.get(event_id)) is not None and held.unwritten <= count]
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     if claimed:
@@ -453,9 +464,10 @@ class WebhookDispatcher:
                 self._forget(written)
                 raise
             for event_id, count in written.items():
-                if event_id in self.held:
-                    self.held[event_id][1] -= count
-                    if self.held[event_id][1] <= 0:
+                held = self.held.get(event_id)
+                if held is not None:
+                    held.unwritten -= count
+                    if held.unwritten <= 0:
                         del self.held[event_id]
         if handed:
             self._handed_to_claim(len(handed))
