@@ -37,7 +37,7 @@ def idempotency_for(call: Call) -> Idempotency:
     internal = key is None
     if key is None:
         key = INTERNAL_KEY_PREFIX + call.request.scope["state"]["request_id"]
-    path = call.request.url.path
+    path = call.request.scope["path"]  # what `request.url.path` says, without building the whole URL
     return Idempotency(key, request_hash(call.request.method, path, call.params), call.request.method, path,
                        internal=internal)
 

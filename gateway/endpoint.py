@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from gateway.auth import check_admin_key
 from gateway.errors import PayloadTooLarge, StripeError, error_response
-from gateway.params import Params, parse_body, parse_form, reject_nul
+from gateway.params import FORM, Params, parse_body, reject_nul
 from gateway.state import GatewayState
 
 
@@ -48,12 +48,18 @@ async def _params(request: Request, state: GatewayState) -> Params:
     for name, value in request.path_params.items():
         reject_nul(value, name)
     if request.method in ("GET", "DELETE"):
-        params = parse_form(request.url.query)
+        raw = request.scope["query_string"]
+        params = parse_body(FORM, raw)  # a query string is form-encoded
     else:
-        body = await read_body(request, state.config.max_body_bytes)
-        params = parse_body(request.headers.get("content-type", ""), body)
-    reject_nul(params, "")
+        raw = await read_body(request, state.config.max_body_bytes)
+        params = parse_body(request.headers.get("content-type", ""), raw)
+    if any(nul in raw for nul in _NUL_SPELLINGS):  # walk the params only when one can hold a NUL
+        reject_nul(params, "")
     return params
+
+
+# How a NUL reaches a value: raw, percent-encoded (a form, a query) or escaped (JSON).
+_NUL_SPELLINGS = (b"\x00", b"%00", b"\\u0000")
 
 
 def _request_id(request: Request) -> str | None:

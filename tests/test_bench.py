@@ -272,3 +272,16 @@ def test_the_ray_call_benchmark_measures_both_actors_and_the_direct_call_in_both
             assert row["machine_ms_per_call"] > 0, row
     paced = {row["actor"]: row for row in rows if row["mode"] == "paced 200/s"}
     assert paced["direct (socket)"]["p50_us"] < paced["task events off"]["p50_us"], paced
+
+
+def test_the_gateway_benchmark_drives_both_checkout_requests_through_the_app() -> None:
+    done = subprocess.run([sys.executable, "-m", "cluster.bench.gateway", "--checkouts", "300", "--concurrency", "4",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # a request answered other than 200 fails the run
+    result = json.loads(done.stdout)
+    assert (result["checkouts"], result["concurrency"]) == (300, 4)
+    assert 0 < result["cpu_us_per_request"] < result["cpu_us_per_checkout"], result
+    assert result["cpu_us_per_checkout"] == pytest.approx(2 * result["cpu_us_per_request"])
+    refused = subprocess.run([sys.executable, "-m", "cluster.bench.gateway", "--checkouts", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "at least 1" in refused.stderr

@@ -191,6 +191,22 @@ def test_nul_characters_are_a_400_naming_the_parameter(api: httpx.Client, method
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("application/json", b'{"amount": 1000, "currency": "usd", "description": "a\\u0000b"}'),
+    ("application/x-www-form-urlencoded", b"amount=1000&currency=usd&description=a\x00b"),  # unescaped
+])
+def test_a_nul_in_a_json_or_raw_form_body_is_a_400(api: httpx.Client, content_type: str, body: bytes) -> None:
+    response = api.post("/v1/payment_intents", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "description"
+
+
+def test_a_key_of_unicode_digits_is_a_400_not_a_500(api: httpx.Client) -> None:
+    response = api.post("/v1/payment_intents", data={"amount": "1000", "currency": "usd", "x[1²]": "a"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "parameter_unknown"
+
+
 def test_analyze_skips_the_json_blobs_nothing_filters_on(stack_info: StackInfo, api: httpx.Client) -> None:
     paid = api.post("/v1/payment_intents", data={"amount": 1500, "currency": "usd", "payment_method": "pm_card_visa",
                                                  "confirm": "true", "metadata[order]": "42"})

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import NotFound
 from gateway import validation as v
 from gateway.endpoint import Call, merchant_endpoint
 from gateway.pagination import ListQuery, list_objects
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 

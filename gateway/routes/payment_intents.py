@@ -3,7 +3,7 @@ retrieve and list (straight from the ledger)."""
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import NotFound
 from actors.payments import store
@@ -13,6 +13,7 @@ from gateway import validation as v
 from gateway.dispatch import execute, idempotency_for
 from gateway.endpoint import Call, merchant_endpoint
 from gateway.pagination import ListQuery, list_objects
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 RISK_FIELDS = ("ip_address", "email", "device_id", "country")

@@ -3,13 +3,14 @@ through this process only on their way to the vault actor and are never logged o
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import CardError, InvalidRequest, NotFound
 from actors.vault.cards import CardError as VaultCardError
 from actors.vault.cards import validate_card
 from gateway import validation as v
 from gateway.endpoint import Call, merchant_endpoint
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 _CARD_FIELDS = ("number", "exp_month", "exp_year", "cvc")

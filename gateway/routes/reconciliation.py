@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from datetime import date
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.reconciler import store
 from actors.reconciler.classify import CLASSIFICATIONS
 from gateway import validation as v
 from gateway.endpoint import Call, admin_endpoint
 from gateway.errors import InvalidRequest, NotFound
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import NotFound
 from actors.payments.messages import PaymentCommand
@@ -11,6 +11,7 @@ from gateway import validation as v
 from gateway.dispatch import execute, idempotency_for
 from gateway.endpoint import Call, merchant_endpoint
 from gateway.pagination import ListQuery, list_objects
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 REASONS = ("duplicate", "fraudulent", "requested_by_customer")

@@ -16,7 +16,7 @@ import logging
 import re
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import InvalidRequest
 from actors.fraud import rules as risk_rules
@@ -24,6 +24,7 @@ from actors.fraud.rules import LIST_KINDS, MAX_LIST_ENTRIES, RiskRules
 from actors.payments.money import MAX_AMOUNT, currency
 from gateway import validation as v
 from gateway.endpoint import Call, merchant_endpoint
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 log = logging.getLogger("paygate.gateway.risk")

@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.params import FORM
+
 
 @dataclass(frozen=True)
 class Param:
@@ -57,7 +59,7 @@ class ApiRoute:
             schema: dict[str, Any] = {"type": "object", "properties": properties}
             if required:
                 schema["required"] = required
-            operation["requestBody"] = {"content": {"application/x-www-form-urlencoded": {"schema": schema},
+            operation["requestBody"] = {"content": {FORM: {"schema": schema},
                                                     "application/json": {"schema": schema}}}
         if parameters:
             operation["parameters"] = parameters

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.registry import RATE_LIMITER
 from cluster.merchants import create_merchant
 from gateway.endpoint import Call, admin_endpoint
 from gateway.errors import InvalidRequest, NotFound
 from gateway.readiness import readiness
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import ApiError, StripeError
 from actors.vault.crypto import KeyRingError
 from gateway.endpoint import Call, admin_endpoint
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute
 
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from actors.errors import InvalidRequest, NotFound
 from actors.ids import new_id, random_token
@@ -15,6 +15,7 @@ from actors.payments.render import API_VERSION
 from gateway import validation as v
 from gateway.endpoint import Call, merchant_endpoint
 from gateway.pagination import ListQuery, list_objects
+from gateway.responses import JSONResponse
 from gateway.routes.spec import ApiRoute, Param
 
 EVENT_TYPES = frozenset({
