@@ -8,14 +8,30 @@ from typing import Any
 import asyncpg
 import orjson
 
+# JSON values travel in PostgreSQL's binary format: `json` is its UTF-8 text, `jsonb` a version
+# byte (1) and the text. A text-format codec would make asyncpg send every json[] or jsonb[]
+# parameter (the batched writes' event payloads, charges, metadata) as an array literal, quoted
+# and escaped byte by byte, for PostgreSQL to parse back.
+_JSONB_VERSION = b"\x01"
 
-def _encode_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+def _encode_json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + _encode_json(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(memoryview(data)[1:])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog",
+                              format="binary")
+    await conn.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog",
+                              format="binary")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
