@@ -21,7 +21,7 @@ FORM = "application/x-www-form-urlencoded"
 def parse_form(body: str) -> Params:
     """As `parse_qsl(body, keep_blank_values=True)` then bracket notation, in a quarter of the time:
     a pair is unquoted only if it holds `%` or `+`, a plain key skips the bracket pattern, and the
-    walk that turns indexed hashes into lists runs only when some key part is all digits."""
+    walk that turns indexed hashes into lists runs only when some key part is an index."""
     result: Params = {}
     indexed = False
     for pair in body.split("&"):
@@ -80,7 +80,7 @@ def parse_body(content_type: str, body: bytes) -> Params:
     try:
         text = body.decode()
     except UnicodeDecodeError:
-        raise InvalidRequest("The request body is not valid UTF-8.") from None
+        raise InvalidRequest("The request parameters are not valid UTF-8.") from None
     return parse_form(text)
 
 
