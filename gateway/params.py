@@ -34,7 +34,7 @@ def parse_form(body: str) -> Params:
         if "[" in raw_key or "]" in raw_key or not raw_key or _is_index(raw_key):
             indexed |= _assign(result, raw_key, value)
         else:
-            _assign_plain(result, raw_key, value)
+            _set(result, raw_key, value, raw_key)  # a plain key: its path is itself
     return _lists_from_indexes(result) if indexed else result
 
 
@@ -84,10 +84,11 @@ def parse_body(content_type: str, body: bytes) -> Params:
     return parse_form(text)
 
 
-def _assign_plain(target: Params, key: str, value: str) -> None:
-    if isinstance(target.get(key), dict):
-        raise InvalidRequest(f"Parameter {key} was given as both a value and a hash.", param=key)
-    target[key] = value
+def _set(node: Params, key: str, value: str, param: str) -> None:
+    """The value at the end of a path; `param` (the path's first part) names it in the error."""
+    if isinstance(node.get(key), dict):
+        raise InvalidRequest(f"Parameter {param} was given as both a value and a hash.", param=param)
+    node[key] = value
 
 
 def _assign(target: Params, raw_key: str, value: str) -> bool:
@@ -114,10 +115,7 @@ def _assign(target: Params, raw_key: str, value: str) -> bool:
         if not isinstance(child, dict):
             raise InvalidRequest(f"Parameter {path[0]} was given as both a value and a hash.", param=path[0])
         node = child
-    last = path[-1]
-    if isinstance(node.get(last), dict):
-        raise InvalidRequest(f"Parameter {path[0]} was given as both a value and a hash.", param=path[0])
-    node[last] = value
+    _set(node, path[-1], value, path[0])
     return indexed
 
 
