@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -225,8 +225,7 @@ class WebhookDispatcher:
                         if event["id"] in in_memory:
                             self.held[event["id"]] = _Held(event["seq"], in_memory[event["id"]])
                     if to_claim:
-                        await conn.execute(_WRITE_DELIVERIES, *_delivery_columns([(d, "pending", 0, 0.0, None, None)
-                                                                                 for d in to_claim]))
+                        await conn.execute(_WRITE_DELIVERIES, *_delivery_columns(_for_the_claim(to_claim)))
                     await conn.execute("DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])",
                                        [m["seq"] for m in meta if m["id"] not in in_memory])
             except BaseException:
@@ -479,7 +478,7 @@ class WebhookDispatcher:
     async def _write_fresh(self, conn: asyncpg.Connection, fresh: list[Attempt], handed: list[Delivery]) -> None:
         rows = [(a.delivery, "succeeded", 1, 0.0, a.status, None) if a.ok else
                 (a.delivery, "pending", 1, self.policy.next_delay(1), a.status, _error(a)) for a in fresh]
-        rows += [(d, "pending", 0, 0.0, None, None) for d in handed]
+        rows += _for_the_claim(handed)
         ids = {(r["event_id"], r["endpoint_id"]): r["id"]
                for r in await conn.fetch(_WRITE_DELIVERIES, *_delivery_columns(rows))}
         # A delivery written already (the event's copy published again went elsewhere) keeps its own.
@@ -525,7 +524,12 @@ def _error(attempt: Attempt) -> str | None:
     return None if attempt.ok else attempt.error or f"HTTP {attempt.status}"
 
 
-def _delivery_columns(rows: list[tuple[Delivery, str, int, float, int | None, str | None]]) -> list[list[Any]]:
+def _for_the_claim(deliveries: Iterable[Delivery]) -> list[tuple[Delivery, str, int, float, None, None]]:
+    """Rows for _delivery_columns: unsent, pending and due now, for the claim to lease."""
+    return [(d, "pending", 0, 0.0, None, None) for d in deliveries]
+
+
+def _delivery_columns(rows: Sequence[tuple[Delivery, str, int, float, int | None, str | None]]) -> list[list[Any]]:
     """_WRITE_DELIVERIES' parameters: rows of (delivery, status, attempts, delay, code, error)."""
     return as_columns([(d["event_id"], d["endpoint_id"], d["merchant_id"], d["ordering_key"], d["event_seq"],
                         status, attempts, delay, code, error)
