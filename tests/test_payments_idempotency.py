@@ -328,12 +328,15 @@ def test_gateway_made_keys_are_purged_after_minutes_a_merchants_lookalike_after_
     async def run() -> int:
         pool = await create_pool(stack_info.ledger_dsn, min_size=1, max_size=1)
         try:
-            await pool.execute(
-                "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
-                "response_code, response_body, internal, created_at) SELECT $1, k, 'POST', '/v1/payment_intents', "
-                "'h', 200, '{}'::bytea, i, now() - interval '1 hour' FROM unnest($2::text[], $3::boolean[]) AS x(k, i)",
-                merchant.id, [internal, lookalike], [True, False])
-            return await idempotency.purge_expired(pool, internal_keep_s=1800)
+            # One transaction: the shards' own purge (every 2 s) cannot delete the key first.
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
+                    "response_code, response_body, internal, created_at) SELECT $1, k, 'POST', "
+                    "'/v1/payment_intents', 'h', 200, '{}'::bytea, i, now() - interval '1 hour' "
+                    "FROM unnest($2::text[], $3::boolean[]) AS x(k, i)",
+                    merchant.id, [internal, lookalike], [True, False])
+                return await idempotency.purge_expired(conn, internal_keep_s=1800)
         finally:
             await pool.close()
 

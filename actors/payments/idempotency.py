@@ -145,7 +145,7 @@ def _flat(statement: tuple[str, list[Any]]) -> list[Any]:
     return [sql, *args]
 
 
-async def purge_expired(pool: asyncpg.Pool, internal_keep_s: float = INTERNAL_KEEP_S) -> int:
+async def purge_expired(pool: asyncpg.Connection | asyncpg.Pool, internal_keep_s: float = INTERNAL_KEEP_S) -> int:
     """Drop answered keys past their time: a merchant's after `KEEP_HOURS`, a gateway-made one
     after `internal_keep_s` (answered or not: the gateway stopped retrying it long before)."""
     merchants = await pool.execute(
