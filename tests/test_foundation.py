@@ -244,3 +244,30 @@ def test_busy_tables_are_analysed_from_a_small_sample(stack_info: StackInfo) -> 
                      ("idempotency_keys", "response_body")]  # 0019
     assert [targets.pop(column) for column in no_statistics] == [0] * len(no_statistics)
     assert set(targets.values()) == {10}, {k: v for k, v in targets.items() if v != 10}
+
+
+def test_young_hot_tables_are_analysed_and_insert_vacuumed_only_after_a_floor_of_rows(stack_info: StackInfo) -> None:
+    """Migrations 0020 (ledger) and 0002 (vault): a fixed floor of rows between two autovacuum runs."""
+    async def options(dsn: str) -> dict[str, dict[str, str]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' "
+                                    "AND relnamespace = 'public'::regnamespace AND reloptions IS NOT NULL")
+        finally:
+            await conn.close()
+        return {row["relname"]: dict(option.split("=", 1) for option in row["reloptions"]) for row in rows}
+
+    ledger = asyncio.run(options(stack_info.ledger_dsn))
+    for table in ("payment_orders", "idempotency_keys", "risk_attempts"):
+        assert ledger[table]["autovacuum_analyze_threshold"] == "50000", table
+    for table in ("outbox_events", "payment_events", "ledger_entries", "webhook_attempts"):
+        assert ledger[table]["autovacuum_analyze_threshold"] == "200000", table
+        assert ledger[table]["autovacuum_vacuum_insert_threshold"] == "200000", table
+    assert ledger["webhook_deliveries"]["autovacuum_analyze_threshold"] == "200000"
+    # the dead-row vacuums of the queue tables stay as tight as 0007 and 0012 made them
+    assert ledger["outbox_pending"]["autovacuum_vacuum_threshold"] == "2000"
+    assert ledger["payment_orders"]["autovacuum_vacuum_threshold"] == "2000"
+
+    vault = asyncio.run(options(stack_info.vault_dsn))
+    assert vault["cards"]["autovacuum_analyze_threshold"] == "50000"
+    assert vault["vault_access_audit"]["autovacuum_vacuum_insert_threshold"] == "100000"
