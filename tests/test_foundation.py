@@ -247,7 +247,7 @@ def test_busy_tables_are_analysed_from_a_small_sample(stack_info: StackInfo) -> 
 
 
 def test_young_hot_tables_are_analysed_and_insert_vacuumed_only_after_a_floor_of_rows(stack_info: StackInfo) -> None:
-    """Migrations 0020 (ledger) and 0002 (vault): a fixed floor of rows between two autovacuum runs."""
+    """Migration 0020 (ledger): a fixed floor of rows between two autovacuum runs of the hot tables."""
     async def options(dsn: str) -> dict[str, dict[str, str]]:
         conn = await asyncpg.connect(dsn)
         try:
@@ -268,6 +268,6 @@ def test_young_hot_tables_are_analysed_and_insert_vacuumed_only_after_a_floor_of
     assert ledger["outbox_pending"]["autovacuum_vacuum_threshold"] == "2000"
     assert ledger["payment_orders"]["autovacuum_vacuum_threshold"] == "2000"
 
+    # the vault's 0002 cost its PostgreSQL CPU instead of saving it; 0003 took it back
     vault = asyncio.run(options(stack_info.vault_dsn))
-    assert vault["cards"]["autovacuum_analyze_threshold"] == "50000"
-    assert vault["vault_access_audit"]["autovacuum_vacuum_insert_threshold"] == "100000"
+    assert "cards" not in vault and "vault_access_audit" not in vault
