@@ -45,6 +45,11 @@ def ledger(stack_info: StackInfo, sql: str, *args: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in asyncio.run(_fetch(stack_info.ledger_dsn, sql, *args))]
 
 
+def vault(stack_info: StackInfo, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Run one read-only query on the vault database (from a synchronous test)."""
+    return [dict(r) for r in asyncio.run(_fetch(stack_info.vault_dsn, sql, *args))]
+
+
 def payment_row(stack_info: StackInfo, payment_id: str) -> dict[str, Any]:
     rows = ledger(stack_info, "SELECT * FROM payment_orders WHERE id = $1", payment_id)
     assert rows, f"no payment_orders row for {payment_id}"

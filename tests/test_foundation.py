@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import httpx
@@ -12,7 +14,7 @@ import pytest
 
 from cluster.migrate import apply_migrations
 from cluster.stack import LocalStack, StackInfo
-from tests.bank import ledger
+from tests.bank import ledger, vault
 from tests.conftest import Merchant
 
 
@@ -248,26 +250,22 @@ def test_busy_tables_are_analysed_from_a_small_sample(stack_info: StackInfo) -> 
 
 def test_young_hot_tables_are_analysed_and_insert_vacuumed_only_after_a_floor_of_rows(stack_info: StackInfo) -> None:
     """Migration 0020 (ledger): a fixed floor of rows between two autovacuum runs of the hot tables."""
-    async def options(dsn: str) -> dict[str, dict[str, str]]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            rows = await conn.fetch("SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' "
-                                    "AND relnamespace = 'public'::regnamespace AND reloptions IS NOT NULL")
-        finally:
-            await conn.close()
+    def options(query: Callable[..., list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
+        rows = query(stack_info, "SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' "
+                     "AND relnamespace = 'public'::regnamespace AND reloptions IS NOT NULL")
         return {row["relname"]: dict(option.split("=", 1) for option in row["reloptions"]) for row in rows}
 
-    ledger = asyncio.run(options(stack_info.ledger_dsn))
+    on_ledger = options(ledger)
     for table in ("payment_orders", "idempotency_keys", "risk_attempts"):
-        assert ledger[table]["autovacuum_analyze_threshold"] == "50000", table
+        assert on_ledger[table]["autovacuum_analyze_threshold"] == "50000", table
     for table in ("outbox_events", "payment_events", "ledger_entries", "webhook_attempts"):
-        assert ledger[table]["autovacuum_analyze_threshold"] == "200000", table
-        assert ledger[table]["autovacuum_vacuum_insert_threshold"] == "200000", table
-    assert ledger["webhook_deliveries"]["autovacuum_analyze_threshold"] == "200000"
+        assert on_ledger[table]["autovacuum_analyze_threshold"] == "200000", table
+        assert on_ledger[table]["autovacuum_vacuum_insert_threshold"] == "200000", table
+    assert on_ledger["webhook_deliveries"]["autovacuum_analyze_threshold"] == "200000"
     # the dead-row vacuums of the queue tables stay as tight as 0007 and 0012 made them
-    assert ledger["outbox_pending"]["autovacuum_vacuum_threshold"] == "2000"
-    assert ledger["payment_orders"]["autovacuum_vacuum_threshold"] == "2000"
+    assert on_ledger["outbox_pending"]["autovacuum_vacuum_threshold"] == "2000"
+    assert on_ledger["payment_orders"]["autovacuum_vacuum_threshold"] == "2000"
 
     # the vault's 0002 cost its PostgreSQL CPU instead of saving it; 0003 took it back
-    vault = asyncio.run(options(stack_info.vault_dsn))
-    assert "cards" not in vault and "vault_access_audit" not in vault
+    on_vault = options(vault)
+    assert "cards" not in on_vault and "vault_access_audit" not in on_vault
