@@ -145,13 +145,13 @@ def _flat(statement: tuple[str, list[Any]]) -> list[Any]:
     return [sql, *args]
 
 
-async def purge_expired(pool: asyncpg.Connection | asyncpg.Pool, internal_keep_s: float = INTERNAL_KEEP_S) -> int:
+async def purge_expired(conn: asyncpg.Connection | asyncpg.Pool, internal_keep_s: float = INTERNAL_KEEP_S) -> int:
     """Drop answered keys past their time: a merchant's after `KEEP_HOURS`, a gateway-made one
     after `internal_keep_s` (answered or not: the gateway stopped retrying it long before)."""
-    merchants = await pool.execute(
+    merchants = await conn.execute(
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1) "
         "AND response_code IS NOT NULL", KEEP_HOURS)
-    internal = await pool.execute(
+    internal = await conn.execute(
         "DELETE FROM idempotency_keys WHERE internal AND created_at < now() - make_interval(secs => $1)",
         internal_keep_s)
     return int(merchants.split()[-1]) + int(internal.split()[-1])
