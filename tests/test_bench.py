@@ -20,11 +20,13 @@ import stripe
 
 from actors.events.signing import sign
 from cluster.bench import statements
+from cluster.bench.baseline import run_baseline
 from cluster.bench.launch import Target
 from cluster.bench.profile import Part, Profiler, package_of
 from cluster.bench.receiver import ReceiverProcess, verify
 from cluster.bench.runner import BenchOptions, BenchResult, rerun_audit, run_bench
 from cluster.stack import StackInfo
+from tests.bank import ledger
 
 
 def _target(info: StackInfo) -> Target:
@@ -285,3 +287,17 @@ def test_the_gateway_benchmark_drives_both_checkout_requests_through_the_app() -
     refused = subprocess.run([sys.executable, "-m", "cluster.bench.gateway", "--checkouts", "0"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "at least 1" in refused.stderr
+
+
+def test_the_baseline_measures_an_insert_endpoint_and_pgbench_and_cleans_up(stack_info: StackInfo,
+                                                                              tmp_path: Path) -> None:
+    """--baseline: a minimal Starlette + asyncpg endpoint (one insert per request) at paygate's rate
+    and flat out, and pgbench -N, on the ledger's server; its scratch table and database are dropped."""
+    result = run_baseline(stack_info.ledger_dsn, rate=50, seconds=2, concurrency=16, log_dir=str(tmp_path))
+    same_rate, ceiling, pgbench = result["http_same_rate"], result["http_ceiling"], result["pgbench"]
+    assert same_rate["errors"] == 0 and same_rate["count"] == 100 and same_rate["statuses"] == {"200": 100}
+    assert ceiling["errors"] == 0 and set(ceiling["statuses"]) == {"200"} and ceiling["per_s"] > 50
+    assert pgbench["tps"] and pgbench["tps"] > 0 and pgbench["latency_avg_ms"] > 0
+    left = ledger(stack_info, "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE 'bench_pgbench_%') "
+                  "+ (SELECT count(*) FROM pg_class WHERE relname LIKE 'bench_baseline_%') AS n")
+    assert left == [{"n": 0}]
