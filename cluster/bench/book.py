@@ -4,9 +4,10 @@ field is left unknown rather than guessed."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Book:
 def intent_from(body: bytes, status: int) -> dict[str, Any] | None:
     """The PaymentIntent in a 200 answer, or in a 402 decline's `error.payment_intent`."""
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)
     except ValueError:
         return None
     if status == 200:
@@ -63,7 +64,7 @@ def intent_from(body: bytes, status: int) -> dict[str, Any] | None:
 
 def error_code(body: bytes) -> str:
     try:
-        error = json.loads(body).get("error") or {}
+        error = orjson.loads(body).get("error") or {}
     except (ValueError, AttributeError):
         return "unparsable body"
     return str(error.get("decline_code") or error.get("code") or error.get("type") or "?")
