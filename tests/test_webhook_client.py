@@ -5,6 +5,7 @@ a failed delivery."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -118,3 +119,28 @@ def test_idle_connections_are_closed_after_their_idle_timeout_or_when_the_server
     server, pruned = asyncio.run(scenario())
     assert pruned == [1, 1]
     assert (server.requests, server.connections) == (2, 2)
+
+
+def test_a_delivery_leaves_no_reference_cycle_for_the_collector() -> None:
+    """At 1,500 deliveries a second, a cycle per delivery kept the dispatcher's collector busy for
+    10-20 ms every two seconds."""
+    async def scenario() -> list[object]:
+        async with serving(OK) as server:
+            client = WebhookClient(timeout_s=5)
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(20):
+                    assert await _post(client, server) == (200, "received")
+                gc.collect()
+                ours = ("actors.events.http", "httptools.parser.parser")
+                left = [o for o in gc.garbage if type(o).__module__ in ours]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            await client.close()
+            return left
+
+    assert asyncio.run(scenario()) == []

@@ -149,17 +149,23 @@ class WebhookClient:
         await writer.drain()
         answer = _Answer()
         parser = answer.parser = httptools.HttpResponseParser(answer)
-        while not answer.complete:
-            data = await reader.read(65536)
-            if not data:
-                if answer.headers_done:  # an answer delimited by closing the connection
-                    answer.status = parser.get_status_code()
-                    return answer, False
-                raise DeliveryError("the endpoint closed the connection before answering")
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as error:
-                raise DeliveryError(f"malformed HTTP answer: {error}") from None
+        try:
+            while not answer.complete:
+                data = await reader.read(65536)
+                if not data:
+                    if answer.headers_done:  # an answer delimited by closing the connection
+                        answer.status = parser.get_status_code()
+                        return answer, False
+                    raise DeliveryError("the endpoint closed the connection before answering")
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError as error:
+                    raise DeliveryError(f"malformed HTTP answer: {error}") from None
+        finally:
+            # The parser holds the answer's bound methods: unlinked, both go by reference counting.
+            # Left linked, every delivery left a cycle, and at 500 payments/s the dispatcher's
+            # collector spent 10-20 ms every two seconds on about 15,000 such objects.
+            answer.parser = None
         answer.status = parser.get_status_code()
         return answer, answer.keep_alive
 
