@@ -48,7 +48,7 @@ class Config:
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 200
     max_body_bytes: int = 1_048_576
-    shards: int = 2
+    shards: int = 1  # one is cheaper and faster on a small machine; raise it with the cores (README)
     shard_connections: int = 20  # ledger connections per PaymentShard
     acquirer_links: int = 1
     acquirer_connections: int = 4
@@ -206,7 +206,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         rate_limit_per_s=_float(env, "PAYGATE_RATE_LIMIT", 100.0, 0.1, 1_000_000),
         rate_limit_burst=_int(env, "PAYGATE_RATE_LIMIT_BURST", 200, 1, 10_000_000),
         max_body_bytes=_int(env, "PAYGATE_MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
-        shards=_int(env, "PAYGATE_SHARDS", 2, 1, 256),
+        shards=_int(env, "PAYGATE_SHARDS", 1, 1, 256),
         shard_connections=_int(env, "PAYGATE_SHARD_CONNECTIONS", 20, 1, 1000),
         acquirer_links=_int(env, "PAYGATE_ACQUIRER_LINKS", 1, 1, 64),
         acquirer_connections=_int(env, "PAYGATE_ACQUIRER_CONNECTIONS", 4, 1, 256),

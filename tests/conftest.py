@@ -32,6 +32,8 @@ TEST_ENV = {
     # One ledger connection per shard: a code path that holds a connection while it waits for
     # another (the deadlock a saturated shard once hit) then hangs at once, in any test.
     "PAYGATE_SHARD_CONNECTIONS": "1",
+    # Two shards (the default is one): routing, recovery and crashes across shards stay tested.
+    "PAYGATE_SHARDS": "2",
 }
 
 
