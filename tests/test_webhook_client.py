@@ -6,49 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from actors.events.http import WebhookClient
+from tests.http_server import Server, serving
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreceived"
 CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreceived"
-
-
-@dataclass
-class Server:
-    url: str
-    connections: int = 0
-    requests: int = 0
-
-
-@asynccontextmanager
-async def serving(answer: bytes, close_after_answer: bool = False) -> AsyncIterator[Server]:
-    server = Server("")
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length"))
-                await reader.readexactly(length)
-                server.requests += 1
-                writer.write(answer)
-                await writer.drain()
-                if close_after_answer or b"Connection: close" in answer:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
-    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/hook"
-    async with listener:
-        yield server
 
 
 async def _post(client: WebhookClient, server: Server) -> tuple[int, str]:
