@@ -48,7 +48,7 @@ class Config:
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 200
     max_body_bytes: int = 1_048_576
-    shards: int = 1  # one is cheaper and faster on a small machine; raise it with the cores (README)
+    shards: int = 1  # one measured cheaper and faster on a 2-core machine; more on bigger ones (README)
     shard_connections: int = 20  # ledger connections per PaymentShard
     acquirer_links: int = 1
     acquirer_connections: int = 4

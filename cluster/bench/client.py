@@ -155,9 +155,10 @@ def _chunked_body(buffer: bytearray) -> bytes | None:
             return None
         size = int(bytes(buffer[at:end]).split(b";")[0], 16)
         if size == 0:
-            if buffer.find(b"\r\n", end + 2) < 0:  # the trailer section, empty here
+            last = buffer.find(b"\r\n", end + 2)  # the end of the (empty) trailer section
+            if last < 0:
                 return None
-            del buffer[: buffer.find(b"\r\n", end + 2) + 2]
+            del buffer[: last + 2]
             return b"".join(parts)
         if len(buffer) < end + 2 + size + 2:
             return None
