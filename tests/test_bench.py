@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import re
 import socket
 import subprocess
@@ -61,6 +62,9 @@ def test_checkout_bench_passes_its_audit_with_sane_numbers(stack_info: StackInfo
         assert stats["count"] == 100 and stats["statuses"] == {"200": 100}
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"] < 30_000
     assert report["errors"] == {}
+    assert report["meta"]["python"] == {"implementation": platform.python_implementation(),
+                                        "version": platform.python_version(), "base_prefix": sys.base_prefix,
+                                        "executable": sys.executable}
     assert report["resources"]["stack_peak_rss_bytes"] > 200 * 1024**2  # PostgreSQL x2, Ray, gateway…
     assert report["resources"]["client_cpu_s"] > 0
     checks = {c["name"]: c for c in report["audit"]["checks"]}

@@ -108,6 +108,7 @@ def _summary_table(r: dict[str, Any]) -> Table:
             f"{name} {seconds:g}" for name, seconds in list(res["stack_cpu_s_by_component"].items())[:8])),
         ("client CPU", f"load {res['client_cpu_s']} s ({res['client_cpu_pct_of_core']}% of a core), "
                        f"webhook receiver {res['receiver_cpu_s']} s"),
+        ("python", _python(meta)),
     ]
     warmup = r.get("warmup")
     if warmup:
@@ -119,6 +120,14 @@ def _summary_table(r: dict[str, Any]) -> Table:
     for name, value in rows:
         t.add_row(name, value)
     return t
+
+
+def _python(meta: dict[str, Any]) -> str:
+    py = meta.get("python")
+    if not py:
+        return "not recorded"
+    whose = "the bench's and the stack's" if meta.get("stack_started_by_bench") else "the bench's"
+    return f"{py['implementation']} {py['version']} installed under {py['base_prefix']} ({whose})"
 
 
 def _latency_table(r: dict[str, Any]) -> Table:
