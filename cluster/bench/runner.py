@@ -262,7 +262,7 @@ def _report(options: BenchOptions, target: Target, load: LoadResult, recorder: R
             receiver_cpu: float | None, audit_result: AuditResult | None) -> dict[str, Any]:
     meta = {k: v for k, v in asdict(options).items() if k not in ("progress", "print_tables")}
     meta.update(target=target.base_url, stack_started_by_bench=target.started_here, total=options.total,
-                finished_at=datetime.now(UTC).isoformat(timespec="seconds"), python=interpreter())
+                finished_at=datetime.now(UTC).isoformat(timespec="seconds"), python=_interpreter())
     latency = {name: s.summary(load.wall_s) for name, s in sorted(recorder.endpoints.items())}
     latency["overall"] = recorder.overall.summary(load.wall_s)
     return {"meta": meta, "throughput": throughput(load, recorder, options.rate), "latency": latency,
@@ -271,7 +271,7 @@ def _report(options: BenchOptions, target: Target, load: LoadResult, recorder: R
             "files": {}}
 
 
-def interpreter() -> dict[str, str]:
+def _interpreter() -> dict[str, str]:
     """The bench's Python, which is the stack's too when the bench starts it (every process of a
     local stack runs `sys.executable`). Its build moves the figures: see the README's *Benchmarks*."""
     return {"implementation": platform.python_implementation(), "version": platform.python_version(),
