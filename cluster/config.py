@@ -62,6 +62,7 @@ class Config:
     webhook_backoff_s: float = 60.0
     webhook_window_s: float = 3 * 24 * 3600.0
     webhook_timeout_s: float = 10.0
+    webhook_slots: int = 1024  # deliveries each dispatcher sends at once, at most (README)
     direct_calls: bool = True  # hot actor calls over a Unix socket on the node (actors/direct.py)
     pg_stat_statements: bool = False  # local ledger PostgreSQL: load pg_stat_statements (bench --profile)
     sched_batch: bool = True  # a local stack's processes under Linux's SCHED_BATCH (cluster.procs.schedule_as_batch)
@@ -220,6 +221,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         webhook_backoff_s=_float(env, "PAYGATE_WEBHOOK_BACKOFF_S", 60.0, 0.01, 86400),
         webhook_window_s=_float(env, "PAYGATE_WEBHOOK_RETRY_WINDOW_S", 3 * 24 * 3600.0, 0.1, 30 * 86400),
         webhook_timeout_s=_float(env, "PAYGATE_WEBHOOK_TIMEOUT_S", 10.0, 0.1, 120),
+        webhook_slots=_int(env, "PAYGATE_WEBHOOK_SLOTS", 1024, 1, 100_000),
         direct_calls=_int(env, "PAYGATE_DIRECT_CALLS", 1, 0, 1) == 1,
         pg_stat_statements=_int(env, "PAYGATE_PG_STAT_STATEMENTS", 0, 0, 1) == 1,
         sched_batch=_int(env, "PAYGATE_SCHED_BATCH", 1, 0, 1) == 1,

@@ -157,12 +157,24 @@ def test_api_keys_are_stored_hashed(stack_info: StackInfo, merchant: Merchant) -
 
 
 @pytest.mark.parametrize("name", ["PAYGATE_HTTP_PORT", "PAYGATE_LEDGER_DSN", "PAYGATE_ACQUIRER",
-                                  "PAYGATE_SHARD_CONNECTIONS", "PAYGATE_KAFKA_COMPRESSION"])
+                                  "PAYGATE_SHARD_CONNECTIONS", "PAYGATE_KAFKA_COMPRESSION", "PAYGATE_WEBHOOK_SLOTS"])
 def test_bad_config_names_the_variable(name: str) -> None:
     from cluster.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=name):
         load_config({name: "not a valid value"})
+
+
+def test_webhook_slots_reach_each_dispatcher() -> None:
+    from actors.events.dispatcher import WebhookDispatcherActor
+    from actors.registry import system_actors
+    from cluster.config import load_config
+
+    assert load_config({}).webhook_slots == 1024
+    config = load_config({"PAYGATE_WEBHOOK_SLOTS": "64", "PAYGATE_WEBHOOK_DISPATCHERS": "2",
+                          "PAYGATE_ACQUIRER": "127.0.0.1:9"})
+    dispatchers = [spec for spec in system_actors(config) if spec.actor_class is WebhookDispatcherActor]
+    assert [spec.args[-1] for spec in dispatchers] == [64, 64]
 
 
 def test_kafka_compression_is_zstd_unless_set() -> None:

@@ -4,6 +4,7 @@ a real HTTP receiver that verifies every signature with the official stripe SDK.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -363,6 +364,14 @@ def _dispatcher_counters() -> dict[str, int]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_the_dispatcher_runs_with_its_configured_slots_and_the_files_they_need(live_stack: LocalStack) -> None:
+    counters = _dispatcher_counters()
+    slots = live_stack.config.webhook_slots
+    assert counters["slots"] == slots
+    wanted = min(slots * 2 + 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    assert counters["open_files_limit"] >= wanted
 
 
 def test_new_events_leave_from_the_batch_that_recorded_them(api: httpx.Client, base_url: str,
