@@ -369,5 +369,15 @@ def _same_merchant_and_currency(auth: Authorization, doc: Document) -> bool:
     return auth.merchant_id == doc.get("42", "") and auth.currency == iso.currency_alpha(doc.get("49", ""))
 
 
+_AUTH_CODE_ALPHABET = string.ascii_uppercase + string.digits
+
+
 def _new_auth_code() -> str:
-    return "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(6))
+    """Six random letters or digits from one draw of the system's randomness (a draw per character
+    was six `getrandom` calls per authorization)."""
+    n = secrets.randbelow(len(_AUTH_CODE_ALPHABET) ** 6)
+    code = []
+    for _ in range(6):
+        n, digit = divmod(n, len(_AUTH_CODE_ALPHABET))
+        code.append(_AUTH_CODE_ALPHABET[digit])
+    return "".join(code)
