@@ -11,7 +11,7 @@ import gc
 # found nothing. Past saturation they stop dying young: requests wait seconds, and what older
 # requests free offsets what new ones allocate, so the young generation holds a hundred thousand
 # live objects or more by the time the net count trips. At 20,000 the gateway then spent 12-18% of
-# its CPU in collections (25-29 ms each for the young generation) at rate 1,000; at 100,000 it collected twice in a run.
+# its CPU in collections (25-29 ms each) at rate 1,000; at 100,000 it collected twice in a run.
 # 100,000 still bounds what reference cycles can hold (tens of MB).
 GC_THRESHOLDS = (100_000, 20, 20)
 
