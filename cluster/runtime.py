@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 # CPython runs its young-generation collection every 700 net allocations. Handling one payment
 # allocates thousands of short-lived objects (dicts, records, futures), so under load each process
@@ -20,6 +22,19 @@ def tune_gc() -> None:
     """Collect less often, and never scan again what exists now (modules and their state)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """`tune_gc` for a stretch of work in a process that is not paygate's own (the bench's load
+    runs in whatever process calls it, a test's among them), undone afterwards."""
+    before = gc.get_threshold()
+    tune_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def setup_worker() -> None:

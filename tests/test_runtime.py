@@ -21,6 +21,15 @@ def test_tune_gc_sets_the_thresholds_and_freezes_what_is_loaded() -> None:
     assert out == f"{(700, 10, 10)} {GC_THRESHOLDS} True"
 
 
+def test_tuned_gc_applies_inside_and_is_undone_after() -> None:
+    code = ("import gc; from cluster.runtime import tuned_gc\n"
+            "with tuned_gc(): inside = (gc.get_threshold(), gc.get_freeze_count() > 0)\n"
+            "print(inside, (gc.get_threshold(), gc.get_freeze_count()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=60).stdout.strip()
+    assert out == f"{(GC_THRESHOLDS, True)} {((700, 10, 10), 0)}"
+
+
 def test_every_actor_process_is_tuned_by_the_setup_hook(live_stack: LocalStack) -> None:
     namespace = live_stack.resolved.ray_namespace
     for name in (shard_name(0), link_name(0), dispatcher_name(0)):

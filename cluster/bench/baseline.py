@@ -29,6 +29,7 @@ from cluster.bench.provision import Merchant
 from cluster.bench.stats import Recorder
 from cluster.postgres import pg_bin
 from cluster.procs import ChildProcess, free_port
+from cluster.runtime import tuned_gc
 
 LABEL = "POST /v1/baseline"
 
@@ -134,8 +135,9 @@ def run_baseline(dsn: str, rate: float, seconds: float, concurrency: int, log_di
     server = _server(dsn, table, port, log_dir)
     try:
         url = f"http://127.0.0.1:{port}"
-        same_rate = uvloop.run(_open_loop(url, rate, seconds, concurrency))  # as paygate's load runs
-        ceiling = uvloop.run(_closed_loop(url, 5.0, min(concurrency, 64)))
+        with tuned_gc():  # as paygate's load runs
+            same_rate = uvloop.run(_open_loop(url, rate, seconds, concurrency))
+            ceiling = uvloop.run(_closed_loop(url, 5.0, min(concurrency, 64)))
     finally:
         server.stop()
         asyncio.run(_table(dsn, table, create=False))

@@ -27,6 +27,8 @@ import httpx
 import orjson
 import uvloop
 
+from cluster.runtime import tune_gc
+
 TOLERANCE_S = 300
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -202,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cluster.bench.receiver")
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
+    tune_gc()  # it shares the machine with the stack under test: keep it lean
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(args.host))  # it shares the machine with the stack under test: keep it lean
+        uvloop.run(serve(args.host))
 
 
 if __name__ == "__main__":
