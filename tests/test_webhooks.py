@@ -15,6 +15,7 @@ import httpx
 import pytest
 import ray
 
+from actors.events.dispatcher import open_files_needed
 from actors.payments import store
 from actors.registry import dispatcher_name
 from cluster.db import create_pool
@@ -370,7 +371,7 @@ def test_the_dispatcher_runs_with_its_configured_slots_and_the_files_they_need(l
     counters = _dispatcher_counters()
     slots = live_stack.config.webhook_slots
     assert counters["slots"] == slots
-    wanted = min(slots * 2 + 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    wanted = min(open_files_needed(slots), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     assert counters["open_files_limit"] >= wanted
 
 

@@ -71,6 +71,12 @@ _WRITE_DELIVERIES = (
     "ON CONFLICT DO NOTHING RETURNING id, event_id, endpoint_id")
 
 
+def open_files_needed(slots: int) -> int:
+    """A socket per delivery in flight, as many kept alive, and room for the rest of the process:
+    more than the usual soft limit of 1,024."""
+    return slots * 2 + 256
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     backoff_s: float = 60.0  # first retry after about this long, doubling each attempt
@@ -167,8 +173,7 @@ class WebhookDispatcher:
         async with self._starting:
             if self.tasks:
                 return
-            # A socket per delivery in flight, and as many kept alive: more than the usual soft 1,024.
-            wanted = self.concurrency * 2 + 256
+            wanted = open_files_needed(self.concurrency)
             if raise_open_file_limit(wanted) < wanted:
                 log.warning("open-file limit below the %d that %d delivery slots may need", wanted, self.concurrency)
             self.pool = await create_pool(self.ledger_dsn, min_size=2, max_size=8)
