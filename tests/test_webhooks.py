@@ -80,6 +80,15 @@ async def _undispatched(dsn: str, merchant_id: str) -> int:
         await conn.close()
 
 
+def _orphans(stack_info: StackInfo) -> list[Any]:
+    """Attempts without their delivery and deliveries without their endpoint: none, although the
+    delivery log has no foreign keys (ledger migration 0021)."""
+    return ledger(stack_info, "SELECT 'attempt' AS kind, a.id::text FROM webhook_attempts a WHERE NOT EXISTS "
+                  "(SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id) UNION ALL "
+                  "SELECT 'delivery', d.id::text FROM webhook_deliveries d WHERE NOT EXISTS "
+                  "(SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id)")
+
+
 def _all_delivered(receiver: Receiver, path: str, payments: list[str], timeout: float = 120) -> dict[str, list[Any]]:
     expected = set(payments)
 
@@ -296,6 +305,7 @@ def test_failing_receiver_gets_the_same_event_on_the_4th_attempt(api: httpx.Clie
     assert [(a["status_code"], a["error"], a["response_prefix"]) for a in attempts] == [
         (500, "HTTP 500", "ok"), (500, "HTTP 500", "ok"), (500, "HTTP 500", "ok"), (200, None, "ok")]
     assert all(0 <= a["latency_ms"] < 10_000 for a in attempts)
+    assert _orphans(stack_info) == []
 
 
 def test_a_receiver_that_never_answers_does_not_delay_others(api: httpx.Client, base_url: str, merchant: Merchant,
@@ -337,7 +347,7 @@ def test_broker_down_during_traffic_loses_nothing(live_stack: LocalStack, api: h
 
 
 def test_killing_a_dispatcher_mid_batch_loses_nothing(api: httpx.Client, base_url: str, merchant: Merchant,
-                                                      receiver: Receiver) -> None:
+                                                      receiver: Receiver, stack_info: StackInfo) -> None:
     _endpoint(api, receiver, "/killed")
 
     async def traffic_and_kill() -> list[str]:
@@ -350,6 +360,7 @@ def test_killing_a_dispatcher_mid_batch_loses_nothing(api: httpx.Client, base_ur
     grouped = _all_delivered(receiver, "/killed", payments, timeout=120)
     missing = [p for p in payments if {e["type"] for e in grouped.get(p, [])} < set(PAYMENT_EVENTS)]
     assert not missing
+    assert _orphans(stack_info) == []
 
 
 def _dispatcher_counters() -> dict[str, int]:
