@@ -277,6 +277,8 @@ def test_young_hot_tables_are_analysed_and_insert_vacuumed_only_after_a_floor_of
     # the dead-row vacuums of the queue tables stay as tight as 0007 and 0012 made them
     assert on_ledger["outbox_pending"]["autovacuum_vacuum_threshold"] == "2000"
     assert on_ledger["payment_orders"]["autovacuum_vacuum_threshold"] == "2000"
+    # 0022: a key's row and the version with its reply share a page
+    assert on_ledger["idempotency_keys"]["fillfactor"] == "10"
 
     # the vault's 0002 cost its PostgreSQL CPU instead of saving it; 0003 took it back
     on_vault = options(vault)
