@@ -161,6 +161,10 @@ class LocalStack:
             # Ray runs its workers at nice 15 by default; here every actor is on the request path
             # and competes with PostgreSQL and the gateway, so they run at normal priority.
             os.environ.setdefault("RAY_worker_niceness", "0")
+            # Every worker here hosts an actor: a pool of idle workers kept for tasks paygate never
+            # runs would cost about 6 ms of CPU a second each (Ray's core worker wakes every 10 ms).
+            os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+            os.environ.setdefault("RAY_num_workers_soft_limit", "0")
             ray.init(namespace=self.config.ray_namespace, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, num_cpus=max(2, os.cpu_count() or 2),
                      runtime_env=self._runtime_env())
