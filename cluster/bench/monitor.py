@@ -22,6 +22,7 @@ import psutil
 
 PSS_EVERY_S = 15
 
+
 @dataclass
 class Usage:
     peak_rss_bytes: int = 0
