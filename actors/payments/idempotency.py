@@ -9,6 +9,7 @@ is an error; the same key while the first attempt runs is a 409; an attempt whos
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import asyncpg
@@ -90,15 +91,20 @@ def recovery_point_sql(merchant_id: str, idem: Idempotency, object_id: str, firs
     here, in the business write, rather than claimed in a round trip of its own. Written for many
     rows (each parameter an array), so that a RowBatcher can merge such writes; parameters numbered
     from `first`; `only_if` names a CTE whose rows (`id`) the recorded objects must be among."""
+    return (_recovery_point_statement(first, only_if),
+            [[merchant_id], [idem.key], [idem.method], [idem.path], [idem.request_hash], [object_id],
+             [idem.internal]])
+
+
+@lru_cache(maxsize=64)
+def _recovery_point_statement(first: int, only_if: str) -> str:
     n = first
     guard = f"k.recovery_point IN (SELECT id FROM {only_if})" if only_if else "true"
     return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
             f"recovery_point, internal, locked_at) SELECT k.*, now() FROM unnest(${n}::text[], ${n + 1}::text[], "
             f"${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[], ${n + 6}::boolean[]) "
             f"AS k(merchant_id, key, method, path, hash, recovery_point, internal) WHERE {guard} "
-            f"ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point",
-            [[merchant_id], [idem.key], [idem.method], [idem.path], [idem.request_hash], [object_id],
-             [idem.internal]])
+            f"ON CONFLICT (merchant_id, key) DO UPDATE SET recovery_point = EXCLUDED.recovery_point")
 
 
 def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int,
@@ -108,30 +114,35 @@ def finish_sql(merchant_id: str, idem: Idempotency, reply: Reply, first: int,
     `INTERNAL_KEEP_S`; such a key was never claimed, so it is written here if need be). Written
     for many rows, like `recovery_point_sql`; parameters numbered from `first`. With `owner` (a
     CTE's name, the object's id) only when that object is among the CTE's rows."""
-    n = first
-    arrays = ["text", "text", "integer", "bytea"]
     args: list[Any] = [[merchant_id], [idem.key], [reply.status], [reply.body]]
-    columns = ["merchant_id", "key", "code", "body"]
     if idem.internal:
-        arrays += ["text", "text", "text"]
         args += [[idem.method], [idem.path], [idem.request_hash]]
+    if owner is not None:
+        args.append([owner[1]])
+    return _finish_statement(first, idem.internal, owner[0] if owner is not None else ""), args
+
+
+@lru_cache(maxsize=64)
+def _finish_statement(first: int, internal: bool, owner_cte: str) -> str:
+    arrays = ["text", "text", "integer", "bytea"]
+    columns = ["merchant_id", "key", "code", "body"]
+    if internal:
+        arrays += ["text", "text", "text"]
         columns += ["method", "path", "hash"]
     guard = "true"
-    if owner is not None:
+    if owner_cte:
         arrays.append("text")
-        args.append([owner[1]])
         columns.append("owner")
-        guard = f"f.owner IN (SELECT id FROM {owner[0]})"
-    unnest = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(arrays, start=n))
+        guard = f"f.owner IN (SELECT id FROM {owner_cte})"
+    unnest = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(arrays, start=first))
     rows = f"unnest({unnest}) AS f({', '.join(columns)})"
-    if idem.internal:
+    if internal:
         return (f"INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, request_hash, "
                 f"response_code, response_body, internal) SELECT f.merchant_id, f.key, f.method, f.path, f.hash, "
                 f"f.code, f.body, true FROM {rows} WHERE {guard} ON CONFLICT (merchant_id, key) DO UPDATE SET "
-                f"response_code = EXCLUDED.response_code, response_body = EXCLUDED.response_body, locked_at = NULL",
-                args)
+                f"response_code = EXCLUDED.response_code, response_body = EXCLUDED.response_body, locked_at = NULL")
     return (f"UPDATE idempotency_keys i SET response_code = f.code, response_body = f.body, locked_at = NULL "
-            f"FROM {rows} WHERE i.merchant_id = f.merchant_id AND i.key = f.key AND {guard}", args)
+            f"FROM {rows} WHERE i.merchant_id = f.merchant_id AND i.key = f.key AND {guard}")
 
 
 async def finish(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, idem: Idempotency | None,
