@@ -160,8 +160,7 @@ COLUMN_TYPES: dict[str, str] = {
 
 # A statement's text depends only on its shape (which columns, which parts come along), so each
 # shape's is built once: a checkout's insert and capture took 45 µs of the shard's CPU to prepare
-# (arguments and events included) with the texts built each time, 35 µs without. The RowBatcher
-# also looks its batch up by the text, whose hash a reused string keeps.
+# (arguments and events included) with the texts built each time, 35 µs without.
 @lru_cache(maxsize=1024)
 def _insert_sql(columns: tuple[str, ...]) -> str:
     """A new row of `columns` (parameters $1…), its event and outbox rows (the parameters after)."""
