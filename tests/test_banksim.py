@@ -34,7 +34,7 @@ from actors.acquirer import (
 from actors.acquirer import iso8583 as iso
 from actors.acquirer.iso_adapter import build_request
 from banksim import NEVER_ANSWER_CARD, command
-from banksim.journal import Journal
+from banksim.journal import Journal, now
 from cluster.procs import ChildProcess, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -414,3 +414,19 @@ def test_only_masked_pan_in_journal_and_logs(bank: Bank) -> None:
             # Ids may contain any digits; what is left must not hold the CVC on its own.
             message = re.sub(r"(rrn|stan)=\S+", "", message)
             assert not re.search(rf"(?<!\d){CVC}(?!\d)", message)
+
+
+def test_journal_timestamps_read_as_datetime_writes_them() -> None:
+    """`now()` formats the date and time once a second: across second boundaries each stamp still
+    falls between two `datetime.now(UTC).isoformat(timespec="milliseconds")` read around it."""
+    def reference() -> str:
+        return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+    seconds_seen: set[str] = set()
+    deadline = time.monotonic() + 3
+    while len(seconds_seen) < 3 and time.monotonic() < deadline:
+        before, stamp, after = reference(), now(), reference()
+        assert before <= stamp <= after, (before, stamp, after)
+        assert datetime.fromisoformat(stamp).tzinfo == UTC and len(stamp) == len(before)
+        seconds_seen.add(stamp[:19])
+    assert len(seconds_seen) == 3, "the clock did not cross two seconds within 3 s"

@@ -1,5 +1,6 @@
 """The outbox relay's pacing: caught up, it polls once per interval; behind, at once. And what
-it writes to the broker: compressed record batches.
+it writes to the broker: compressed record batches, on the partition Kafka's default partitioner
+gives the payment's id.
 
 Delivery itself (every event published, in order, again after a broker loss) is tested against the
 real stack in test_webhooks.py; for the pacing `relay_once` is replaced so that only the loop
@@ -9,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 
 import httpx
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 
-from actors.events.relay import POLL_INTERVAL_S, OutboxRelay
+from actors.events.relay import POLL_INTERVAL_S, OutboxRelay, partition_for
+from actors.ids import new_id
 from cluster.broker import EVENTS_TOPIC, TOPICS
 from cluster.stack import StackInfo
 
@@ -64,13 +68,13 @@ def test_the_relay_writes_its_events_as_zstd_batches(stack_info: StackInfo, api:
     assert created.status_code == 200, created.text
     payment_id = created.json()["id"]
 
-    async def batches_of(key: bytes) -> list[tuple[int, list[bytes]]]:
+    async def batches_of(key: bytes) -> list[tuple[int, int, list[bytes]]]:
         client = AIOKafkaClient(bootstrap_servers=stack_info.kafka_bootstrap)
         await client.bootstrap()
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                found = [(batch.compression_type, [r.value for r in records])
+                found = [(partition, batch.compression_type, [r.value for r in records])
                          for partition in range(TOPICS[EVENTS_TOPIC])
                          for batch, records in await _raw_batches(client, partition)
                          if any(r.key == key for r in records)]
@@ -81,9 +85,25 @@ def test_the_relay_writes_its_events_as_zstd_batches(stack_info: StackInfo, api:
         finally:
             await client.close()
 
-    found = asyncio.run(batches_of(payment_id.encode()))
-    assert {codec for codec, _ in found} == {DefaultRecordBatch.CODEC_ZSTD}, [codec for codec, _ in found]
-    assert any(payment_id.encode() in value for _, values in found for value in values)
+    key = payment_id.encode()
+    found = asyncio.run(batches_of(key))
+    assert {codec for _, codec, _ in found} == {DefaultRecordBatch.CODEC_ZSTD}, [codec for _, codec, _ in found]
+    assert any(key in value for _, _, values in found for value in values)
+    partitions = list(range(TOPICS[EVENTS_TOPIC]))
+    assert {partition for partition, _, _ in found} == {DefaultPartitioner()(key, partitions, partitions)}
+
+
+def test_the_relay_partitions_as_kafkas_default_partitioner() -> None:
+    """The relay names each record's partition itself (murmur2 of the payment id, each id's hash
+    kept): the choice must stay the default partitioner's, or a payment's events published
+    before and after an upgrade would land on two partitions and lose their order."""
+    rng = random.Random(9)
+    default = DefaultPartitioner()
+    for _ in range(3000):
+        text = "".join(rng.choices("ab\u00e9\u4e2d", k=rng.randint(0, 40)))  # any length, not only ids
+        key = rng.choice([new_id("pi"), new_id("re"), text]).encode()
+        partitions = sorted(rng.sample(range(64), rng.randint(1, 16)))
+        assert partition_for(key, partitions) == default(key, partitions, partitions), key
 
 
 async def _raw_batches(client: AIOKafkaClient, partition: int) -> list[tuple[DefaultRecordBatch, list]]:

@@ -18,12 +18,14 @@ no event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
 import asyncpg
 import ray
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from actors.lifecycle import autostart
 from cluster.broker import EVENTS_TOPIC, PUBLICATION_HEADER
@@ -44,6 +46,18 @@ _CLAIM = ("SELECT p.seq, p.publish_count, o.id, o.object_id, o.type, o.payload::
           "AND ($1 = 1 OR abs(hashtext(p.object_id)) % $1 = $2) ORDER BY p.seq LIMIT $3 FOR UPDATE OF p SKIP LOCKED")
 _UNPUBLISHED = _CLAIM.format(due="p.published_at IS NULL")
 _UNDISPATCHED = _CLAIM.format(due="p.published_at < now() - make_interval(secs => $4)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_hash(key: bytes) -> int:
+    """The hash of aiokafka's default partitioner (murmur2, as Kafka's Java client computes it).
+    It is pure Python, 3.4 µs a payment id here, and a payment's events come in one batch."""
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: list[int]) -> int:
+    """The partition aiokafka's default partitioner picks for `key` among `partitions`."""
+    return partitions[_key_hash(key) % len(partitions)]
 
 
 class OutboxRelay:
@@ -128,13 +142,17 @@ class OutboxRelay:
             if not rows:
                 return 0
             producer = await self._producer()
+            partitions = list(await producer.partitions_for(EVENTS_TOPIC))  # as its partitioner sees them
             # The event id and type ride in headers: the dispatcher routes without parsing the body.
             # So does the publication's number: only a copy published again can find deliveries
             # of its event written already.
-            futures = [await producer.send(EVENTS_TOPIC, value=row["payload"].encode(), key=row["object_id"].encode(),
-                                           headers=[("event_id", row["id"].encode()), ("type", row["type"].encode()),
-                                                    (PUBLICATION_HEADER, str(row["publish_count"] + 1).encode())])
-                       for row in rows]
+            futures = []
+            for row in rows:
+                key = row["object_id"].encode()
+                futures.append(await producer.send(
+                    EVENTS_TOPIC, value=row["payload"].encode(), key=key, partition=partition_for(key, partitions),
+                    headers=[("event_id", row["id"].encode()), ("type", row["type"].encode()),
+                             (PUBLICATION_HEADER, str(row["publish_count"] + 1).encode())]))
             await asyncio.wait_for(asyncio.gather(*futures), 10)
             await conn.execute(
                 "UPDATE outbox_pending SET published_at = now(), publish_count = publish_count + 1 "
