@@ -21,11 +21,13 @@ import asyncio
 import functools
 import logging
 import time
+from typing import Any, cast
 
 import asyncpg
 import ray
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from actors.lifecycle import autostart
 from cluster.broker import EVENTS_TOPIC, PUBLICATION_HEADER
@@ -143,21 +145,41 @@ class OutboxRelay:
                 return 0
             producer = await self._producer()
             partitions = list(await producer.partitions_for(EVENTS_TOPIC))  # as its partitioner sees them
-            # The event id and type ride in headers: the dispatcher routes without parsing the body.
-            # So does the publication's number: only a copy published again can find deliveries
-            # of its event written already.
-            futures = []
+            by_partition: dict[int, list[asyncpg.Record]] = {}
             for row in rows:
-                key = row["object_id"].encode()
-                futures.append(await producer.send(
-                    EVENTS_TOPIC, value=row["payload"].encode(), key=key, partition=partition_for(key, partitions),
-                    headers=[("event_id", row["id"].encode()), ("type", row["type"].encode()),
-                             (PUBLICATION_HEADER, str(row["publish_count"] + 1).encode())]))
+                by_partition.setdefault(partition_for(row["object_id"].encode(), partitions), []).append(row)
+            futures = [future for partition, group in by_partition.items()
+                       for future in await _publish(producer, partition, group)]
             await asyncio.wait_for(asyncio.gather(*futures), 10)
             await conn.execute(
                 "UPDATE outbox_pending SET published_at = now(), publish_count = publish_count + 1 "
                 "WHERE seq = ANY($1::bigint[])", [row["seq"] for row in rows])
         self.published += len(rows)
         return len(rows)
+
+async def _publish(producer: AIOKafkaProducer, partition: int, rows: list[asyncpg.Record]) -> list[asyncio.Future[Any]]:
+    """One partition's rows as record batches, in order (a second batch only if the first fills
+    up): a future per batch, where `send` made one per record and queued each on its own."""
+    futures, batch = [], producer.create_batch()
+    for row in rows:
+        # The event id and type ride in headers: the dispatcher routes without parsing the body.
+        # So does the publication's number: only a copy published again can find deliveries of
+        # its event written already.
+        record = {"timestamp": None, "key": row["object_id"].encode(), "value": row["payload"].encode(),
+                  "headers": [("event_id", row["id"].encode()), ("type", row["type"].encode()),
+                              (PUBLICATION_HEADER, str(row["publish_count"] + 1).encode())]}
+        if batch.append(**record) is None:  # full
+            futures.append(await _send(producer, batch, partition))
+            batch = producer.create_batch()
+            if batch.append(**record) is None:
+                raise ValueError(f"event {row['id']} does not fit in a record batch")
+    futures.append(await _send(producer, batch, partition))
+    return futures
+
+
+async def _send(producer: AIOKafkaProducer, batch: BatchBuilder, partition: int) -> asyncio.Future[Any]:
+    batch.close()  # nothing else may join it
+    return cast(asyncio.Future[Any], await producer.send_batch(batch, EVENTS_TOPIC, partition=partition))
+
 
 OutboxRelayActor = ray.remote(OutboxRelay)
