@@ -18,13 +18,16 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.default_records import DefaultRecord as Record
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 
 from actors.events.relay import POLL_INTERVAL_S, OutboxRelay, partition_for
+from actors.events.relay import _publish as publish
 from actors.ids import new_id
-from cluster.broker import EVENTS_TOPIC, TOPICS
+from cluster.broker import EVENTS_TOPIC, PUBLICATION_HEADER, TOPICS
 from cluster.stack import StackInfo
 
 
@@ -121,3 +124,50 @@ async def _raw_batches(client: AIOKafkaClient, partition: int) -> list[tuple[Def
         assert isinstance(batch, DefaultRecordBatch)
         batches.append((batch, list(batch)))
     return batches
+
+
+class _BatchProducer:
+    """The two producer calls `_publish` makes, with aiokafka's real BatchBuilder at a small size."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.sent: list[tuple[str, int, BatchBuilder]] = []
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0, is_transactional=False)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, batch))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _outbox_rows(count: int, payload_bytes: int) -> list[dict[str, object]]:
+    return [{"object_id": f"pi_{i}", "payload": f"{i:04d}" + "x" * payload_bytes, "id": f"evt_{i}",
+             "type": "payment_intent.created", "publish_count": 0} for i in range(count)]
+
+
+def _published(producer: _BatchProducer) -> list[list[Record]]:
+    """The records of each batch sent, read back from its bytes as the broker would."""
+    return [list(DefaultRecordBatch(bytes(batch._build()))) for _, _, batch in producer.sent]
+
+
+def test_a_partition_larger_than_one_batch_goes_in_several_in_order() -> None:
+    producer = _BatchProducer(4096)
+    futures = asyncio.run(publish(producer, 3, _outbox_rows(20, 700)))  # type: ignore[arg-type]
+    assert len(futures) == len(producer.sent) > 1
+    assert {(topic, partition) for topic, partition, _ in producer.sent} == {(EVENTS_TOPIC, 3)}
+    batches = _published(producer)
+    assert [record.value[:4] for batch in batches for record in batch] == [f"{i:04d}".encode() for i in range(20)]
+    headers = dict(batches[0][0].headers)
+    assert headers["event_id"] == b"evt_0" and headers[PUBLICATION_HEADER] == b"1"
+
+
+def test_an_event_larger_than_a_batch_goes_in_one_of_its_own() -> None:
+    producer = _BatchProducer(4096)
+    rows = _outbox_rows(3, 700)
+    rows[1]["payload"] = "0001" + "x" * 10_000
+    asyncio.run(publish(producer, 0, rows))  # type: ignore[arg-type]
+    batches = [[record.value[:4] for record in batch] for batch in _published(producer)]
+    assert batches == [[b"0000"], [b"0001"], [b"0002"]]
