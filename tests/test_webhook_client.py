@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from actors.events.http import WebhookClient
+import pytest
+
+from actors.events.http import KEEP_BODY_BYTES, DeliveryError, WebhookClient
 from tests.http_server import Server, serving
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreceived"
@@ -107,3 +112,159 @@ def test_a_delivery_leaves_no_reference_cycle_for_the_collector() -> None:
             return left
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_chunked_answer_in_pieces_is_read_whole_and_the_connection_kept() -> None:
+    pieces = [b"HTTP/1.1 402 Payment Required\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhel",
+              b"lo\r\n6\r\n world\r\n", b"0\r\n\r\n"]
+
+    async def scenario() -> Server:
+        async with serving(pieces) as server:
+            client = WebhookClient(timeout_s=5)
+            assert [await _post(client, server) for _ in range(2)] == [(402, "hello world")] * 2
+            await client.close()
+            return server
+
+    server = asyncio.run(scenario())
+    assert (server.requests, server.connections) == (2, 1)
+
+
+def test_an_answer_ended_by_closing_the_connection_is_read_and_the_connection_not_kept() -> None:
+    async def scenario() -> Server:
+        async with serving([b"HTTP/1.1 200 OK\r\n\r\n", b"no length"], close_after_answer=True) as server:
+            client = WebhookClient(timeout_s=5)
+            assert [await _post(client, server) for _ in range(2)] == [(200, "no length")] * 2
+            assert not any(client.idle.values())  # nothing kept
+            await client.close()
+            return server
+
+    server = asyncio.run(scenario())
+    assert (server.requests, server.connections) == (2, 2)
+
+
+def test_only_the_first_kilobyte_of_an_answer_is_kept() -> None:
+    body = b"x" * (KEEP_BODY_BYTES * 3)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def scenario() -> tuple[int, str]:
+        async with serving(answer) as server:
+            client = WebhookClient(timeout_s=5)
+            result = await _post(client, server)
+            assert await _post(client, server) == result  # the rest of the body did not linger
+            await client.close()
+            return result
+
+    assert asyncio.run(scenario()) == (200, "x" * KEEP_BODY_BYTES)
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (None, "closed the connection before answering"),
+    (b"SMTP ready\r\n\r\n", "malformed HTTP answer"),
+], ids=["hangs-up", "not-http"])
+def test_no_proper_answer_is_a_delivery_error(answer: bytes | None, message: str) -> None:
+    async def scenario() -> None:
+        async with serving(answer) as server:
+            client = WebhookClient(timeout_s=5)
+            with pytest.raises(DeliveryError, match=message):
+                await _post(client, server)
+            assert not any(client.idle.values())  # nothing kept
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+@asynccontextmanager
+async def _silent() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server that reads and never answers; what it read, and b"" once the client hung up."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            seen.append(data)
+        seen.append(b"")
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener:
+        yield f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/hook", seen
+
+
+def test_a_silent_endpoint_times_out_and_its_connection_is_closed() -> None:
+    async def scenario() -> tuple[float, list[bytes]]:
+        async with _silent() as (url, seen):
+            client = WebhookClient(timeout_s=0.3)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await client.post(url, b"{}", {})
+            waited = time.monotonic() - started
+            await asyncio.sleep(0.1)
+            assert not any(client.idle.values())  # nothing kept
+            await client.close()
+            return waited, seen
+
+    waited, seen = asyncio.run(scenario())
+    assert 0.25 <= waited < 2.0
+    assert seen[0].startswith(b"POST /hook HTTP/1.1\r\n") and seen[-1] == b""
+
+
+def test_an_unreachable_or_unsupported_endpoint_is_a_delivery_error() -> None:
+    async def scenario() -> None:
+        async with _silent() as (url, _):
+            pass  # closed again: its port now refuses
+        client = WebhookClient(timeout_s=5)
+        with pytest.raises(DeliveryError, match="cannot connect"):
+            await client.post(url, b"{}", {})
+        with pytest.raises(DeliveryError, match="unsupported URL scheme 'ftp'"):
+            await client.post("ftp://127.0.0.1/hook", b"{}", {})
+
+    asyncio.run(scenario())
+
+
+def test_a_kept_connection_the_server_drops_on_the_next_request_is_retried_once_on_a_new_one() -> None:
+    """The server answers the first request on each connection and hangs up on the second: a
+    delivery that meets a dead kept-alive connection goes out again, not as a failure."""
+    seen = {"connections": 0, "requests": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["connections"] += 1
+        for answered in (True, False):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            await reader.readexactly(length)
+            seen["requests"] += 1
+            if answered:
+                writer.write(OK)
+        writer.close()
+
+    async def scenario() -> list[tuple[int, str]]:
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with listener:
+            client = WebhookClient(timeout_s=5)
+            url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/hook"
+            answers = [await client.post(url, b"{}", {}) for _ in range(2)]
+            await client.close()
+            return answers
+
+    assert asyncio.run(scenario()) == [(200, "received")] * 2
+    assert seen == {"connections": 2, "requests": 3}
+
+
+def test_a_connection_is_not_kept_after_connection_close_or_bytes_nobody_asked_for() -> None:
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+
+    async def scenario() -> Server:
+        async with serving(CLOSING) as closing:
+            client = WebhookClient(timeout_s=5)
+            assert await _post(client, closing) == (200, "received")
+            assert not any(client.idle.values())  # at once, not when the server's close arrives
+            await client.close()
+        async with serving([OK, stray]) as server:
+            for _ in range(2):
+                assert await _post(client, server) == (200, "received")
+                await asyncio.sleep(0.05)  # the stray answer arrives while no request waits
+            await client.close()
+            return server
+
+    server = asyncio.run(scenario())
+    assert (server.requests, server.connections) == (2, 2)
