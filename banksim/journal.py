@@ -15,7 +15,6 @@ reconciliation) may open the file while banksim runs: WAL lets them read without
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+import orjson
 
 AuthorizationState = Literal["authorized", "captured", "reversed"]
 OperationKind = Literal["capture", "refund", "reversal"]
@@ -222,12 +223,12 @@ class Journal:
         ).fetchone()
         if row is None:
             return None
-        return StoredAnswer(row["amount"], json.loads(row["fields"]), bool(row["silent"]))
+        return StoredAnswer(row["amount"], orjson.loads(row["fields"]), bool(row["silent"]))
 
     def save_answer(self, rrn: str, mti: str, answer: StoredAnswer) -> None:
         self._db.execute(
             "INSERT INTO answers (rrn, mti, amount, fields, silent, answered_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (rrn, mti, answer.amount, json.dumps(answer.fields), int(answer.silent), now()),
+            (rrn, mti, answer.amount, orjson.dumps(answer.fields).decode(), int(answer.silent), now()),
         )
 
     def add_authorization(
