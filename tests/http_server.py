@@ -18,15 +18,18 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(answer: bytes | Sequence[bytes] | None, close_after_answer: bool = False) -> AsyncIterator[Server]:
+async def serving(answer: bytes | Sequence[bytes] | None, close_after_answer: bool = False,
+                  answers_per_connection: int | None = None) -> AsyncIterator[Server]:
     """`answer` as one write, or as pieces written apart (separate packets); None hangs up instead.
-    The server closes after answering when told to or when the answer says `Connection: close`."""
+    The server closes after answering when told to or when the answer says `Connection: close`;
+    with `answers_per_connection`, it reads the request after that many and hangs up on it."""
     server = Server("")
     pieces = [answer] if isinstance(answer, bytes) else answer
     closes = close_after_answer or (pieces is not None and b"Connection: close" in b"".join(pieces))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.connections += 1
+        answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -34,13 +37,14 @@ async def serving(answer: bytes | Sequence[bytes] | None, close_after_answer: bo
                                if line.lower().startswith(b"content-length")), 0)
                 await reader.readexactly(length)
                 server.requests += 1
-                if pieces is None:
+                if pieces is None or answered == answers_per_connection:
                     break
                 for index, piece in enumerate(pieces):
                     if index:
                         await asyncio.sleep(0.01)  # a separate packet
                     writer.write(piece)
                     await writer.drain()
+                answered += 1
                 if closes:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):

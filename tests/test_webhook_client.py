@@ -223,31 +223,16 @@ def test_an_unreachable_or_unsupported_endpoint_is_a_delivery_error() -> None:
 def test_a_kept_connection_the_server_drops_on_the_next_request_is_retried_once_on_a_new_one() -> None:
     """The server answers the first request on each connection and hangs up on the second: a
     delivery that meets a dead kept-alive connection goes out again, not as a failure."""
-    seen = {"connections": 0, "requests": 0}
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen["connections"] += 1
-        for answered in (True, False):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length"))
-            await reader.readexactly(length)
-            seen["requests"] += 1
-            if answered:
-                writer.write(OK)
-        writer.close()
-
-    async def scenario() -> list[tuple[int, str]]:
-        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
-        async with listener:
+    async def scenario() -> tuple[Server, list[tuple[int, str]]]:
+        async with serving(OK, answers_per_connection=1) as server:
             client = WebhookClient(timeout_s=5)
-            url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/hook"
-            answers = [await client.post(url, b"{}", {}) for _ in range(2)]
+            answers = [await _post(client, server) for _ in range(2)]
             await client.close()
-            return answers
+            return server, answers
 
-    assert asyncio.run(scenario()) == [(200, "received")] * 2
-    assert seen == {"connections": 2, "requests": 3}
+    server, answers = asyncio.run(scenario())
+    assert answers == [(200, "received")] * 2
+    assert (server.requests, server.connections) == (3, 2)
 
 
 def test_a_connection_is_not_kept_after_connection_close_or_bytes_nobody_asked_for() -> None:
