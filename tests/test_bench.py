@@ -293,6 +293,19 @@ def test_the_gateway_benchmark_drives_both_checkout_requests_through_the_app() -
     assert refused.returncode == 2 and "at least 1" in refused.stderr
 
 
+def test_the_delivery_benchmark_posts_signed_events_the_receiver_accepts() -> None:
+    done = subprocess.run([sys.executable, "-m", "cluster.bench.deliveries", "--deliveries", "200",
+                           "--concurrency", "1", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # an answer other than 200 (a bad signature) fails the run
+    rows = json.loads(done.stdout)
+    assert [(row["concurrency"], row["deliveries"]) for row in rows] == [(1, 200), (4, 200)]
+    for row in rows:
+        assert row["cpu_us_per_delivery"] > 0 and row["deliveries_per_s"] > 0, row
+    refused = subprocess.run([sys.executable, "-m", "cluster.bench.deliveries", "--concurrency", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "at least 1" in refused.stderr
+
+
 def test_the_baseline_measures_an_insert_endpoint_and_pgbench_and_cleans_up(stack_info: StackInfo,
                                                                               tmp_path: Path) -> None:
     """--baseline: a minimal Starlette + asyncpg endpoint (one insert per request) at paygate's rate

@@ -6,7 +6,8 @@ own (so the client's CPU is this process's alone), a few at a time, on uvloop as
     python -m cluster.bench.deliveries --deliveries 50000 --concurrency 1 8 64 --json
 
 Each row: CPU µs of this process per delivery (signing included) and deliveries/s. The receiver
-verifies every signature, as in `paygate bench`; its CPU is not counted.
+verifies every signature, as in `paygate bench` (a delivery it refuses fails the run); its CPU is
+not counted.
 """
 
 from __future__ import annotations
@@ -69,11 +70,8 @@ def main() -> None:
     try:
         receiver.set_secrets({_PATH: _SECRET})
         rows = [uvloop.run(_measure(receiver.url + _PATH, args.deliveries, level)) for level in args.concurrency]
-        received = receiver.stats(summary=True)
     finally:
         receiver.stop()
-    if received["bad_signatures"]:
-        raise SystemExit(f"the receiver rejected {received['bad_signatures']} signatures")
     if args.json:
         print(json.dumps([asdict(row) for row in rows]))
         return
